@@ -1,0 +1,13 @@
+"""Errors whose messages are written for the person using the studio, not for a developer."""
+
+
+class StudioError(Exception):
+    """Base class: `str(error)` is a complete, plain sentence that says what to do."""
+
+
+class ModelNotAvailableError(StudioError):
+    """The configured model cannot be found or loaded on this machine."""
+
+
+class InvalidInputError(StudioError):
+    """Something the user typed or uploaded cannot be used as it is."""

@@ -1,0 +1,334 @@
+"""Streaming chat generation with the model's own chat template, and honest timings."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from transformers import TextIteratorStreamer
+
+from core.errors import InvalidInputError
+from core.models import LoadedModel
+from core.settings import Settings
+
+Message = dict[str, str]  # {"role": "user" | "assistant" | "system", "content": "..."}
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Decoding settings; the help texts are the ones shown in the app."""
+
+    temperature: float = field(
+        default=0.3, metadata={"help": Settings.model_fields["temperature"].description}
+    )
+    top_p: float = field(default=0.9, metadata={"help": Settings.model_fields["top_p"].description})
+    max_new_tokens: int = field(
+        default=256, metadata={"help": Settings.model_fields["max_new_tokens"].description}
+    )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SamplingParams:
+        return cls(settings.temperature, settings.top_p, settings.max_new_tokens)
+
+
+@dataclass(frozen=True)
+class Timings:
+    """How long an answer took. Time to first token includes any wait for the model."""
+
+    prompt_tokens: int
+    new_tokens: int
+    time_to_first_token_s: float
+    total_s: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Decoding speed: tokens after the first, over the time after the first."""
+        decode_s = self.total_s - self.time_to_first_token_s
+        if self.new_tokens > 1 and decode_s > 0:
+            return (self.new_tokens - 1) / decode_s
+        return self.new_tokens / self.total_s if self.total_s > 0 else 0.0
+
+    def summary(self) -> str:
+        return (
+            f"{self.new_tokens} tokens · first token after {self.time_to_first_token_s:.2f} s · "
+            f"{self.tokens_per_s:.1f} tokens/s · {self.total_s:.1f} s in all"
+        )
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    timings: Timings
+    notices: tuple[str, ...] = ()
+
+
+class ChatStream:
+    """An answer arriving as text pieces. Iterate it; `answer` is complete once it is exhausted.
+
+    `notices` (for example that a long message was cut) are known before the first piece.
+    Closing the stream early stops the generation behind it.
+    """
+
+    def __init__(
+        self,
+        pieces: Iterator[str],
+        *,
+        prompt_tokens: int,
+        notices: Sequence[str] = (),
+        count_tokens: Callable[[], int] | None = None,
+        first_token_at: Callable[[], float | None] | None = None,
+        cancel: Callable[[], None] | None = None,
+        wait: Callable[[], None] | None = None,
+    ) -> None:
+        self._pieces = pieces
+        self._start = time.perf_counter()
+        self._first: float | None = None
+        self._count = count_tokens
+        self._first_token_at = first_token_at
+        self._cancel = cancel
+        self._wait = wait
+        self._texts: list[str] = []
+        self._done = False
+        self._seen = 0
+        self.prompt_tokens = prompt_tokens
+        self.notices = tuple(notices)
+        self.answer: Answer | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            for piece in self._pieces:
+                if not piece:
+                    continue
+                if self._first is None:
+                    self._first = time.perf_counter()
+                self._seen += 1
+                self._texts.append(piece)
+                yield piece
+        finally:
+            if not self._done:
+                self.close()
+
+    def close(self) -> None:
+        """Finish the answer (stopping generation if it is still running) and fill in `answer`."""
+        if self._done:
+            return
+        self._done = True
+        if self._cancel is not None:
+            self._cancel()
+        end = time.perf_counter()
+        if self._wait is not None:
+            # The generating thread stops at its next token; waiting for it means the model is
+            # free again and no thread outlives the answer.
+            self._wait()
+        first = self._first_token_at() if self._first_token_at else None
+        first = first or self._first or end
+        new_tokens = self._count() if self._count else self._seen
+        self.answer = Answer(
+            text="".join(self._texts).strip(),
+            timings=Timings(self.prompt_tokens, new_tokens, first - self._start, end - self._start),
+            notices=self.notices,
+        )
+
+    def read(self) -> Answer:
+        """Consume the whole stream and return the answer."""
+        for _ in self:
+            pass
+        assert self.answer is not None
+        return self.answer
+
+
+class ChatModel(Protocol):
+    """Anything that can answer a conversation as a stream: the real model, or a fake in tests."""
+
+    name: str
+
+    def stream_chat(
+        self, messages: Sequence[Message], params: SamplingParams, system_prompt: str = ""
+    ) -> ChatStream: ...
+
+
+def clean_messages(messages: Sequence[Message]) -> list[Message]:
+    """Drop empty turns; refuse a conversation that does not end with a question."""
+    kept = [
+        {"role": m["role"], "content": m["content"].strip()}
+        for m in messages
+        if m.get("content", "").strip() and m.get("role") in ("user", "assistant")
+    ]
+    if not kept or kept[-1]["role"] != "user":
+        raise InvalidInputError("Type a question first: the message is empty.")
+    return kept
+
+
+class HFChatModel:
+    """A transformers model answering chats. One answer at a time per model: callers queue."""
+
+    def __init__(self, loaded: LoadedModel, context_window: int | None = None) -> None:
+        self.loaded = loaded
+        self.name = loaded.name
+        self.tokenizer = loaded.tokenizer
+        model_limit = getattr(loaded.model.config, "max_position_embeddings", None) or 2048
+        self.context_window = min(context_window or model_limit, model_limit)
+        # A model's forward pass is not safe to share between threads, and on a few CPU cores two
+        # answers at once are no faster than one after the other.
+        self._lock = threading.Lock()
+
+    # -- prompt ---------------------------------------------------------------------------------
+    def _encode(self, messages: Sequence[Message]) -> list[int]:
+        tok = self.tokenizer
+        if tok.chat_template:
+            try:
+                return list(
+                    tok.apply_chat_template(
+                        list(messages), add_generation_prompt=True, tokenize=True, return_dict=False
+                    )
+                )
+            except Exception as error:
+                if messages and messages[0]["role"] == "system" and "system" in str(error).lower():
+                    # Some templates have no system role: fold it into the first question.
+                    merged = [dict(m) for m in messages[1:]]
+                    merged[0]["content"] = f"{messages[0]['content']}\n\n{merged[0]['content']}"
+                    return self._encode(merged)
+                raise
+        # A base model without a chat template still gets a readable transcript.
+        lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+        return list(tok("\n".join([*lines, "Assistant:"]), add_special_tokens=True)["input_ids"])
+
+    def build_prompt(
+        self, messages: Sequence[Message], system_prompt: str, max_new_tokens: int
+    ) -> tuple[list[int], list[str], int]:
+        """Token ids that fit the context window, the notices about what was cut, and the
+        number of new tokens that still fit."""
+        turns = clean_messages(messages)
+        system = (
+            [{"role": "system", "content": system_prompt.strip()}] if system_prompt.strip() else []
+        )
+        max_new = max(1, min(max_new_tokens, self.context_window // 2))
+        budget = self.context_window - max_new
+        notices: list[str] = []
+        if max_new < max_new_tokens:
+            notices.append(
+                f"Answers are limited to {max_new} tokens so that the question fits the model's "
+                f"context of {self.context_window} tokens."
+            )
+        ids = self._encode(system + turns)
+        dropped = 0
+        while len(ids) > budget and len(turns) > 1:
+            turns = turns[2:] if len(turns) > 2 else turns[1:]
+            dropped += 1
+            ids = self._encode(system + turns)
+        if dropped:
+            notices.append(
+                "Older messages were left out so that the conversation fits the model's context "
+                f"of {self.context_window} tokens. Start a new chat to clear them."
+            )
+        if len(ids) > budget:
+            content_ids = self.tokenizer(turns[-1]["content"], add_special_tokens=False)[
+                "input_ids"
+            ]
+            overhead = len(ids) - len(content_ids)
+            keep = budget - overhead
+            if keep < 1:
+                raise InvalidInputError(
+                    "The system prompt alone fills the model's context: shorten it."
+                )
+            turns[-1] = {"role": "user", "content": self.tokenizer.decode(content_ids[:keep])}
+            ids = self._encode(system + turns)[-budget:]
+            notices.append(
+                f"Your message was too long for the model: only its first {keep} of "
+                f"{len(content_ids)} tokens were used."
+            )
+        return ids, notices, max_new
+
+    # -- generation -----------------------------------------------------------------------------
+    def stream_chat(
+        self, messages: Sequence[Message], params: SamplingParams, system_prompt: str = ""
+    ) -> ChatStream:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        ids, notices, max_new = self.build_prompt(messages, system_prompt, params.max_new_tokens)
+        model = self.loaded.model
+        streamer = _CountingStreamer(self.tokenizer)
+        stop = threading.Event()
+
+        class _StopWhenAsked(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
+
+        input_ids = torch.tensor([ids], device=model.device)
+        kwargs: dict[str, Any] = {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "max_new_tokens": max_new,
+            "streamer": streamer,
+            "stopping_criteria": StoppingCriteriaList([_StopWhenAsked()]),
+            "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+        }
+        if params.temperature > 0:
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+
+        def run() -> None:
+            try:
+                with self._lock, torch.inference_mode():
+                    if not stop.is_set():
+                        model.generate(**kwargs)
+            except BaseException as error:  # handed to the reading thread, which re-raises it
+                streamer.error = error
+            finally:
+                streamer.finish()
+
+        worker = threading.Thread(target=run, name="generate", daemon=True)
+        worker.start()
+        return ChatStream(
+            iter(streamer),
+            prompt_tokens=len(ids),
+            notices=notices,
+            count_tokens=lambda: streamer.new_tokens,
+            first_token_at=lambda: streamer.first_token_at,
+            cancel=stop.set,
+            wait=worker.join,
+        )
+
+
+class _CountingStreamer(TextIteratorStreamer):
+    """TextIteratorStreamer that also counts new tokens, notes when the first one came, and
+    passes errors from the generating thread to the reading one."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.new_tokens = 0
+        self.first_token_at: float | None = None
+        self.error: BaseException | None = None
+        self._finished = False
+
+    def put(self, value: Any) -> None:
+        if not self.next_tokens_are_prompt:
+            self.new_tokens += int(value.numel() if hasattr(value, "numel") else len(value))
+            if self.first_token_at is None:
+                self.first_token_at = time.perf_counter()
+        super().put(value)
+
+    def finish(self) -> None:
+        if not self._finished:
+            self._finished = True
+            if self.error is not None or self.next_tokens_are_prompt:
+                self.text_queue.put(self.stop_signal)
+            else:
+                self.end()
+
+    def end(self) -> None:
+        self._finished = True
+        super().end()
+
+    def __next__(self) -> str:
+        value = self.text_queue.get(timeout=self.timeout)
+        if value == self.stop_signal:
+            if self.error is not None:
+                raise self.error
+            raise StopIteration()
+        return value

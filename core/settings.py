@@ -1,0 +1,106 @@
+"""Configuration: one class, read from `LRS_*` environment variables and an optional `.env`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.errors import InvalidInputError
+
+EMBEDDED_BASE_MODEL = "embedded:SmolLM2-135M-Instruct"
+EMBEDDED_EMBEDDING_MODEL = "embedded:all-MiniLM-L6-v2"
+
+
+class Settings(BaseSettings):
+    """Everything a user may change without code. Each description is the field's help text."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LRS_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    data_dir: Path = Field(
+        Path("data"),
+        description="Folder for everything the studio stores: documents, knowledge bases, "
+        "adapters and prepared models.",
+    )
+    base_model: str = Field(
+        EMBEDDED_BASE_MODEL,
+        description="The chat model: the embedded default, a Hugging Face Hub id such as "
+        "'HuggingFaceTB/SmolLM2-360M-Instruct', or a folder on this machine.",
+    )
+    embedding_model: str = Field(
+        EMBEDDED_EMBEDDING_MODEL,
+        description="The model that turns passages into vectors for search: the embedded "
+        "default, a Hub id or a folder.",
+    )
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto", description="Where models run. 'auto' uses a CUDA GPU when there is one."
+    )
+    offline: bool = Field(
+        False,
+        description="Never contact the Hugging Face Hub; use only models already on this machine.",
+    )
+    trust_remote_code: bool = Field(
+        False,
+        description="Run Python code shipped with a Hub model. Off by default: turn it on only "
+        "for a model whose code you have read.",
+    )
+    system_prompt: str = Field(
+        "You are a helpful assistant. Answer briefly and plainly.",
+        description="Instructions the model gets before every conversation.",
+    )
+    temperature: float = Field(
+        0.3,
+        ge=0.0,
+        le=2.0,
+        description="How adventurous the wording is. 0 always picks the most likely word; "
+        "higher values vary more and invent more.",
+    )
+    top_p: float = Field(
+        0.9,
+        gt=0.0,
+        le=1.0,
+        description="Consider only the most likely words that together make up this share of "
+        "the probability. Lower is more focused.",
+    )
+    max_new_tokens: int = Field(
+        256, ge=1, le=4096, description="The longest answer, in tokens (about 3/4 of a word each)."
+    )
+    context_window: int | None = Field(
+        None,
+        ge=64,
+        description="Most tokens of conversation the model reads at once. Empty: the model's own "
+        "limit. Older turns are dropped first when a conversation grows past it.",
+    )
+    max_upload_mb: int = Field(50, ge=1, description="The largest file you can upload, in MB.")
+
+    @field_validator("base_model", "embedding_model")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("name a model: the embedded default, a Hub id or a folder")
+        return value
+
+    @property
+    def models_dir(self) -> Path:
+        """Where converted and downloaded models are cached."""
+        return self.data_dir / "models"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings; a bad value becomes one plain sentence naming the variable to fix."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        problems = []
+        for item in error.errors()[:3]:
+            name = "LRS_" + "_".join(str(part) for part in item["loc"]).upper()
+            problems.append(f"{name}: {item['msg']}")
+        raise InvalidInputError(
+            "A setting is not valid, so the studio cannot start. Fix it in the environment or "
+            "in .env: " + "; ".join(problems) + "."
+        ) from None

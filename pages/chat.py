@@ -1,0 +1,87 @@
+"""Chat: a streamed, multi-turn conversation with the base model."""
+
+import streamlit as st
+
+from core.errors import StudioError
+from core.generate import Message
+from pages import common
+
+settings = common.get_settings()
+
+st.title("Chat")
+st.caption(
+    "Talk to the base model as it is: no documents, no fine-tuning. Later you will compare it "
+    "with a tuned model and with answers that read your documents."
+)
+
+settings_column, button_column = st.columns([5, 1], vertical_alignment="top")
+with settings_column.expander("Answer settings", icon=":material/tune:"):
+    st.text_area(
+        "System prompt", key="chat_system_prompt", help=common.help_for("system_prompt"), height=80
+    )
+    left, middle, right = st.columns(3)
+    left.slider(
+        "Temperature",
+        0.0,
+        1.5,
+        step=0.05,
+        key="chat_temperature",
+        help=common.help_for("temperature"),
+    )
+    middle.slider("Top-p", 0.05, 1.0, step=0.05, key="chat_top_p", help=common.help_for("top_p"))
+    right.number_input(
+        "Longest answer (tokens)",
+        min_value=16,
+        max_value=2048,
+        step=16,
+        key="chat_max_new_tokens",
+        help=common.help_for("max_new_tokens"),
+    )
+if button_column.button("New chat", icon=":material/add_comment:", key="chat_new", width="stretch"):
+    st.session_state["chat_messages"] = []
+
+model = common.chat_model(settings)
+
+history: list[dict] = st.session_state["chat_messages"]
+if not history:
+    st.info(
+        "Ask anything, for example *What is the capital of France?* The model is small, so "
+        "expect it to be right about common knowledge and to invent details about yours.",
+        icon=":material/lightbulb:",
+    )
+for turn in history:
+    with st.chat_message(turn["role"]):
+        for notice in turn.get("notices", ()):
+            st.caption(f":material/content_cut: {notice}")
+        st.markdown(turn["content"])
+        if turn.get("timings"):
+            st.caption(turn["timings"])
+
+question = st.chat_input("Ask the model something", key="chat_input")
+if question and question.strip():
+    history.append({"role": "user", "content": question.strip()})
+    with st.chat_message("user"):
+        st.markdown(question.strip())
+    conversation: list[Message] = [{"role": t["role"], "content": t["content"]} for t in history]
+    with st.chat_message("assistant"):
+        try:
+            stream = model.stream_chat(
+                conversation, common.sampling_params(), st.session_state["chat_system_prompt"]
+            )
+            for notice in stream.notices:
+                st.caption(f":material/content_cut: {notice}")
+            st.write_stream(stream)
+            answer = stream.answer
+            assert answer is not None
+            st.caption(answer.timings.summary())
+            history.append(
+                {
+                    "role": "assistant",
+                    "content": answer.text,
+                    "timings": answer.timings.summary(),
+                    "notices": list(answer.notices),
+                }
+            )
+        except StudioError as error:
+            history.pop()
+            st.error(str(error), icon=":material/error:")

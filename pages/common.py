@@ -1,0 +1,126 @@
+"""Streamlit helpers shared by the pages: settings, session state, the sidebar, cached models.
+
+Not a page itself: app.py lists the pages explicitly.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import streamlit as st
+
+from core import models
+from core.errors import StudioError
+from core.generate import ChatModel, HFChatModel, SamplingParams
+from core.settings import Settings, load_settings
+
+
+@st.cache_resource(show_spinner=False)
+def _settings() -> Settings:
+    return load_settings()
+
+
+def get_settings() -> Settings:
+    """The studio's settings, read once per server; a bad value stops the page with a message."""
+    try:
+        return _settings()
+    except StudioError as error:
+        st.error(str(error), icon=":material/settings:")
+        st.stop()
+
+
+def init_state(settings: Settings) -> None:
+    """Per-user UI state, all initialised here."""
+    defaults = {
+        "chat_messages": [],
+        "chat_system_prompt": settings.system_prompt,
+        "chat_temperature": settings.temperature,
+        "chat_top_p": settings.top_p,
+        "chat_max_new_tokens": settings.max_new_tokens,
+    }
+    for key, value in defaults.items():
+        st.session_state.setdefault(key, value)
+
+
+def help_for(field: str) -> str:
+    """The plain-language help text of a setting, shown beside its widget."""
+    return Settings.model_fields[field].description or ""
+
+
+@st.cache_resource(show_spinner=False)
+def _device_text(device_setting: str) -> str:
+    return models.describe_device(models.resolve_device(device_setting))
+
+
+def device_text(settings: Settings) -> str:
+    return _device_text(settings.device)
+
+
+def sidebar() -> None:
+    settings = get_settings()
+    init_state(settings)
+    with st.sidebar:
+        try:
+            source = models.describe_model(settings.base_model, settings)
+            st.caption(f"Model: **{source.display_name}** · {device_text(settings)}")
+        except StudioError:
+            st.caption("Model: not available (see Home)")
+
+
+def build_chat_model(settings: Settings) -> ChatModel:
+    return HFChatModel(models.load_chat_model(settings), context_window=settings.context_window)
+
+
+@st.cache_resource(show_spinner=False, max_entries=1)
+def _shared_chat_model(
+    base_model: str, device: str, context_window: int | None, _settings: Settings
+) -> ChatModel:
+    # One copy per server, shared by every browser session; the arguments are the cache key.
+    return build_chat_model(_settings)
+
+
+def _prepare_with_progress(settings: Settings) -> None:
+    """Convert or download the model once, with a bar that keeps moving meanwhile."""
+    latest = {"fraction": 0.0, "message": "Starting"}
+
+    def report(fraction: float, message: str) -> None:
+        latest.update(fraction=fraction, message=message)
+
+    with st.status("Preparing the model for its first use…", expanded=True) as status:
+        st.write("This happens once; later starts take about a second.")
+        bar = st.progress(0.0)
+        start = time.monotonic()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            job = pool.submit(models.prepare_model, settings.base_model, settings, report)
+            while not job.done():
+                elapsed = time.monotonic() - start
+                bar.progress(
+                    min(latest["fraction"], 0.99), text=f"{latest['message']} · {elapsed:.0f} s"
+                )
+                time.sleep(0.5)
+            job.result()
+        bar.progress(1.0, text="Model ready")
+        status.update(label="Model ready", state="complete", expanded=False)
+
+
+def chat_model(settings: Settings) -> ChatModel:
+    """The shared chat model; on a problem, a plain message and the page stops."""
+    try:
+        if not models.describe_model(settings.base_model, settings).ready:
+            _prepare_with_progress(settings)
+        with st.spinner("Loading the model…"):
+            return _shared_chat_model(
+                settings.base_model, settings.device, settings.context_window, settings
+            )
+    except StudioError as error:
+        st.error(str(error), icon=":material/error:")
+        st.stop()
+
+
+def sampling_params() -> SamplingParams:
+    return SamplingParams(
+        temperature=float(st.session_state["chat_temperature"]),
+        top_p=float(st.session_state["chat_top_p"]),
+        max_new_tokens=int(st.session_state["chat_max_new_tokens"]),
+    )

@@ -1,0 +1,71 @@
+"""Home: what the studio is for, when LoRA or RAG helps, and the state of this installation."""
+
+import streamlit as st
+
+from core import models
+from core.errors import StudioError
+from pages import common
+
+settings = common.get_settings()
+
+st.title("LoRA-RAG Studio")
+st.markdown(
+    "Should you **fine-tune** a model on your data, or **hand it your documents** when it "
+    "answers? This studio lets you find out on your own data, in your browser, without code."
+)
+
+st.subheader("LoRA or RAG? When each one helps")
+rag, lora, hybrid = st.columns(3, border=True)
+with rag:
+    st.markdown("#### :material/menu_book: RAG")
+    st.markdown(
+        "The model looks up passages from your documents before it answers.\n\n"
+        "**Best for facts**, especially facts that change: prices, policies, manuals, "
+        "product details. Answers can cite the file and page they came from, and updating "
+        "knowledge is as simple as adding a document."
+    )
+with lora:
+    st.markdown("#### :material/tune: LoRA fine-tuning")
+    st.markdown(
+        "The model learns from examples of questions and answers.\n\n"
+        "**Best for behaviour**: a tone of voice, an answer format, a persona, your domain's "
+        "vocabulary. It is a poor way to teach new facts: a model needs many rephrasings of "
+        "each fact, and it cannot say where an answer came from."
+    )
+with hybrid:
+    st.markdown("#### :material/join: Both")
+    st.markdown(
+        "A fine-tuned model that also reads retrieved passages.\n\n"
+        "**Best when you need both**: your facts, in your style. It is not always better than "
+        "RAG alone, which is why it pays to measure on your own questions."
+    )
+st.caption(
+    "Research agrees: for injecting new facts, retrieval beats fine-tuning consistently "
+    "(Ovadia et al., 2023); fine-tuning shines at format and style."
+)
+
+st.subheader("Start here")
+st.markdown(
+    "Chat with the base model first: ask it about your field and see what it knows, and what it "
+    "invents, before you give it anything."
+)
+st.page_link("pages/chat.py", label="Chat with the base model", icon=":material/chat:")
+
+st.subheader("This installation")
+base, embedding = st.columns(2, border=True)
+with base:
+    st.markdown("**Chat model**")
+    try:
+        source = models.describe_model(settings.base_model, settings)
+        st.markdown(f"{source.display_name}  \n:gray[{source.note}]")
+        st.markdown(f"Runs on: {common.device_text(settings)}")
+    except StudioError as error:
+        st.error(str(error), icon=":material/error:")
+with embedding:
+    st.markdown("**Search model** (turns passages into vectors)")
+    try:
+        source = models.describe_model(settings.embedding_model, settings)
+        st.markdown(f"{source.display_name}  \n:gray[{source.note}]")
+    except StudioError as error:
+        st.error(str(error), icon=":material/error:")
+st.caption(f"Your data is kept in `{settings.data_dir.resolve()}`.")

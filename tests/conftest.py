@@ -1,0 +1,31 @@
+"""Shared fixtures: isolated settings, a tiny random Llama on disk, a fake chat model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+from core.settings import Settings
+from tests.fakes import build_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised two-layer Llama with a ChatML tokenizer, saved as safetensors."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture
+def settings(tmp_path: Path, tiny_model_dir: Path) -> Settings:
+    return Settings(_env_file=None, data_dir=tmp_path / "data", base_model=str(tiny_model_dir))
+
+
+@pytest.fixture(scope="session")
+def real_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One data folder for every test that uses the real default models: the model is converted
+    once per test session, as it is once per installation."""
+    return tmp_path_factory.mktemp("real-data")

@@ -1,0 +1,133 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from core import models
+from core.errors import ModelNotAvailableError
+from core.settings import Settings
+
+
+def test_embedded_base_model_is_found_in_its_package(tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, data_dir=tmp_path)
+    source = models.describe_model(settings.base_model, settings)
+    assert source.kind == "embedded"
+    assert source.display_name == "SmolLM2-135M-Instruct"
+    assert source.path is not None and source.path.suffix == ".gguf" and source.path.is_file()
+    assert source.ready is False  # not converted yet in a fresh data folder
+    assert "first use" in source.note
+
+
+def test_embedded_embedding_model_is_a_ready_folder(tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, data_dir=tmp_path)
+    source = models.describe_model(settings.embedding_model, settings)
+    assert source.ready and source.path is not None
+    assert (source.path / "model.safetensors").exists()
+    assert models.embedding_model_path(settings) == str(source.path)
+
+
+def test_unknown_embedded_name_lists_the_known_ones(settings: Settings) -> None:
+    with pytest.raises(ModelNotAvailableError, match="embedded:SmolLM2-135M-Instruct"):
+        models.describe_model("embedded:gpt-5", settings)
+
+
+def test_local_folder_loads_and_generates(settings: Settings, tiny_model_dir: Path) -> None:
+    source = models.describe_model(str(tiny_model_dir), settings)
+    assert (source.kind, source.ready, source.path) == ("folder", True, tiny_model_dir)
+    loaded = models.load_chat_model(settings)
+    assert loaded.device == "cpu"
+    assert loaded.model.dtype == torch.float32
+    assert not loaded.model.training
+    ids = loaded.tokenizer("Paris", return_tensors="pt")["input_ids"]
+    out = loaded.model.generate(ids, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] == ids.shape[1] + 3
+
+
+def test_missing_folder_says_so(settings: Settings, tmp_path: Path) -> None:
+    with pytest.raises(ModelNotAvailableError, match="does not exist"):
+        models.describe_model(str(tmp_path / "no-such-model"), settings)
+
+
+def test_folder_without_a_model_says_what_is_missing(settings: Settings, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelNotAvailableError, match=r"no model \(no config.json\)"):
+        models.describe_model(str(empty), settings)
+
+
+def test_pickled_weights_are_refused(settings: Settings, tmp_path: Path) -> None:
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(ModelNotAvailableError, match="only safetensors"):
+        models.describe_model(str(folder), settings)
+
+
+def test_hub_id_offline_is_a_clear_error(tmp_path: Path) -> None:
+    settings = Settings(
+        _env_file=None, data_dir=tmp_path, offline=True, base_model="someone/not-downloaded-model"
+    )
+    with pytest.raises(ModelNotAvailableError, match="set to work offline") as caught:
+        models.load_chat_model(settings)
+    assert "hf download someone/not-downloaded-model" in str(caught.value)
+
+
+def test_hub_id_without_a_reachable_hub_fails_fast_and_plainly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=3.0: False)
+    settings = Settings(_env_file=None, data_dir=tmp_path, base_model="someone/not-downloaded")
+    source = models.describe_model(settings.base_model, settings)
+    assert (source.kind, source.ready) == ("hub", False)
+    with pytest.raises(ModelNotAvailableError, match="Hub cannot be reached"):
+        models.load_chat_model(settings)
+
+
+def test_hub_id_in_the_local_cache_is_used(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(models, "_hub_cached_snapshot", lambda repo_id: tiny_model_dir)
+    settings = Settings(_env_file=None, data_dir=tmp_path, base_model="someone/tiny-llama")
+    source = models.describe_model(settings.base_model, settings)
+    assert (source.kind, source.ready, source.path) == ("hub", True, tiny_model_dir)
+    assert models.load_chat_model(settings).name == "someone/tiny-llama"
+
+
+def test_a_malformed_id_is_neither_folder_nor_hub_id(settings: Settings) -> None:
+    with pytest.raises(ModelNotAvailableError, match="neither a folder"):
+        models.describe_model("not a model id!", settings)
+
+
+def test_device_auto_uses_cuda_only_when_present(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert models.resolve_device("auto") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert models.resolve_device("auto") == "cuda"
+    assert models.resolve_device("cpu") == "cpu"
+    assert models.describe_device("cpu").startswith("CPU (")
+
+
+@pytest.mark.slow
+def test_embedded_default_converts_once_and_answers(real_data_dir: Path) -> None:
+    from core.generate import HFChatModel, SamplingParams
+
+    settings = Settings(_env_file=None, data_dir=real_data_dir)
+    steps: list[float] = []
+    loaded = models.load_chat_model(settings, progress=lambda f, _m: steps.append(f))
+    assert steps == sorted(steps) and steps[-1] == 1.0
+
+    source = models.describe_model(settings.base_model, settings)
+    assert source.ready
+    assert source.path is not None
+    converted = models.converted_model_dir(settings, source.path)
+    assert (converted / "model.safetensors").exists()
+    assert "quantization_config" not in (converted / "config.json").read_text()
+
+    chat = HFChatModel(loaded)
+    answer = chat.stream_chat(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        SamplingParams(temperature=0.0, max_new_tokens=32),
+        settings.system_prompt,
+    ).read()
+    assert "Paris" in answer.text

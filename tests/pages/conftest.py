@@ -1,0 +1,49 @@
+"""AppTest helpers: every page runs through app.py, with settings isolated in tmp_path."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from pages import common
+from tests.fakes import FakeChatModel
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+
+
+@pytest.fixture
+def studio_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: Path) -> Path:
+    for name in list(os.environ):
+        if name.startswith("LRS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LRS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("LRS_BASE_MODEL", str(tiny_model_dir))
+    st.cache_resource.clear()
+    yield tmp_path
+    st.cache_resource.clear()
+
+
+@pytest.fixture
+def open_page(studio_env: Path) -> Callable[[str | None], AppTest]:
+    def _open(page: str | None = None) -> AppTest:
+        at = AppTest.from_file(APP, default_timeout=60)
+        at.run()
+        if page is not None:
+            at.switch_page(page)
+            at.run()
+        return at
+
+    return _open
+
+
+@pytest.fixture
+def fake_model(monkeypatch: pytest.MonkeyPatch, studio_env: Path) -> FakeChatModel:
+    fake = FakeChatModel(["The capital of France is Paris.", "Berlin is the capital of Germany."])
+    monkeypatch.setattr(common, "build_chat_model", lambda settings: fake)
+    return fake
