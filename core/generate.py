@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from transformers import TextIteratorStreamer
 
+from core import compute
 from core.errors import InvalidInputError
 from core.models import LoadedModel
 from core.settings import Settings
@@ -171,8 +172,8 @@ class HFChatModel:
         self.tokenizer = loaded.tokenizer
         model_limit = getattr(loaded.model.config, "max_position_embeddings", None) or 2048
         self.context_window = min(context_window or model_limit, model_limit)
-        # A model's forward pass is not safe to share between threads, and on a few CPU cores two
-        # answers at once are no faster than one after the other.
+        # Answers run one after another on the torch thread (see core.compute): on a few CPU
+        # cores two at once are no faster. The lock keeps that true for any other caller too.
         self._lock = threading.Lock()
 
     # -- prompt ---------------------------------------------------------------------------------
@@ -282,8 +283,7 @@ class HFChatModel:
             finally:
                 streamer.finish()
 
-        worker = threading.Thread(target=run, name="generate", daemon=True)
-        worker.start()
+        job = compute.submit(run)
         return ChatStream(
             iter(streamer),
             prompt_tokens=len(ids),
@@ -291,7 +291,7 @@ class HFChatModel:
             count_tokens=lambda: streamer.new_tokens,
             first_token_at=lambda: streamer.first_token_at,
             cancel=stop.set,
-            wait=worker.join,
+            wait=job.result,
         )
 
 

@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda", "mps"] = Field(
         "auto", description="Where models run. 'auto' uses a CUDA GPU when there is one."
     )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Number format of the model weights. 'auto': bfloat16 on GPUs and on CPUs "
+        "that compute it natively (about twice as fast as float32), float32 elsewhere.",
+    )
     offline: bool = Field(
         False,
         description="Never contact the Hugging Face Hub; use only models already on this machine.",

@@ -43,7 +43,8 @@ if button_column.button("New chat", icon=":material/add_comment:", key="chat_new
 model = common.chat_model(settings)
 
 history: list[dict] = st.session_state["chat_messages"]
-if not history:
+question = st.chat_input("Ask the model something", key="chat_input")
+if not history and not (question and question.strip()):
     st.info(
         "Ask anything, for example *What is the capital of France?* The model is small, so "
         "expect it to be right about common knowledge and to invent details about yours.",
@@ -57,7 +58,6 @@ for turn in history:
         if turn.get("timings"):
             st.caption(turn["timings"])
 
-question = st.chat_input("Ask the model something", key="chat_input")
 if question and question.strip():
     history.append({"role": "user", "content": question.strip()})
     with st.chat_message("user"):

@@ -5,6 +5,7 @@ Not a page itself: app.py lists the pages explicitly.
 
 from __future__ import annotations
 
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -82,10 +83,10 @@ def _shared_chat_model(
 
 def _prepare_with_progress(settings: Settings) -> None:
     """Convert or download the model once, with a bar that keeps moving meanwhile."""
-    latest = {"fraction": 0.0, "message": "Starting"}
+    latest = {"fraction": 0.0, "message": "Starting", "since": time.monotonic()}
 
     def report(fraction: float, message: str) -> None:
-        latest.update(fraction=fraction, message=message)
+        latest.update(fraction=fraction, message=message, since=time.monotonic())
 
     with st.status("Preparing the model for its first use…", expanded=True) as status:
         st.write("This happens once; later starts take about a second.")
@@ -94,9 +95,12 @@ def _prepare_with_progress(settings: Settings) -> None:
         with ThreadPoolExecutor(max_workers=1) as pool:
             job = pool.submit(models.prepare_model, settings.base_model, settings, report)
             while not job.done():
-                elapsed = time.monotonic() - start
+                now = time.monotonic()
+                # Stages report rarely; creep toward the next one so the bar never looks stuck.
+                fraction = float(latest["fraction"])
+                creep = (1 - math.exp(-(now - float(latest["since"])) / 8)) * 0.25 * (1 - fraction)
                 bar.progress(
-                    min(latest["fraction"], 0.99), text=f"{latest['message']} · {elapsed:.0f} s"
+                    min(fraction + creep, 0.99), text=f"{latest['message']} · {now - start:.0f} s"
                 )
                 time.sleep(0.5)
             job.result()

@@ -36,7 +36,7 @@ def test_local_folder_loads_and_generates(settings: Settings, tiny_model_dir: Pa
     assert (source.kind, source.ready, source.path) == ("folder", True, tiny_model_dir)
     loaded = models.load_chat_model(settings)
     assert loaded.device == "cpu"
-    assert loaded.model.dtype == torch.float32
+    assert loaded.model.dtype == models.resolve_dtype("auto", "cpu")
     assert not loaded.model.training
     ids = loaded.tokenizer("Paris", return_tensors="pt")["input_ids"]
     out = loaded.model.generate(ids, max_new_tokens=3, do_sample=False)
@@ -97,6 +97,21 @@ def test_hub_id_in_the_local_cache_is_used(
 def test_a_malformed_id_is_neither_folder_nor_hub_id(settings: Settings) -> None:
     with pytest.raises(ModelNotAvailableError, match="neither a folder"):
         models.describe_model("not a model id!", settings)
+
+
+def test_dtype_auto_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
+    assert models.resolve_dtype("auto", "cpu") == torch.float32
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    assert models.resolve_dtype("auto", "cpu") == torch.bfloat16
+    assert models.resolve_dtype("float32", "cpu") == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert models.resolve_dtype("auto", "cuda") == torch.float16
+
+
+def test_the_dtype_setting_is_applied(settings: Settings) -> None:
+    loaded = models.load_chat_model(settings.model_copy(update={"dtype": "bfloat16"}))
+    assert loaded.model.dtype == torch.bfloat16
 
 
 def test_device_auto_uses_cuda_only_when_present(monkeypatch: pytest.MonkeyPatch) -> None:

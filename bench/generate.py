@@ -1,0 +1,112 @@
+"""Our streamed generation path against plain `model.generate`, same model, prompt and settings.
+
+"Plain" is what a user gets from transformers' defaults: the model loaded in float32 and
+`model.generate`. "Ours" is the studio's path: the model loaded as the studio loads it (bfloat16 on
+CPUs that compute it natively) and streamed generation. A third run, plain `generate` on our
+loaded model, shows what the streaming wrapper itself costs.
+
+Prints one JSON line: decode tokens/s and time to first token of each, "ratio" (ours over plain,
+decode tokens/s) and "target" (1.0).
+
+    .venv/bin/python bench/generate.py [--tokens 96] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from core import compute
+from core.generate import HFChatModel, SamplingParams
+from core.models import load_chat_model
+from core.settings import load_settings
+
+QUESTION = "Write a long story about a lighthouse keeper who finds a message in a bottle."
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=96, help="new tokens per answer")
+    parser.add_argument("--rounds", type=int, default=5, help="measured rounds (after a warm-up)")
+    args = parser.parse_args()
+
+    settings = load_settings()
+    loaded = load_chat_model(settings)
+    default_model = load_chat_model(settings.model_copy(update={"dtype": "float32"})).model
+    chat = HFChatModel(loaded)
+    messages = [{"role": "user", "content": QUESTION}]
+    params = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=args.tokens)
+    ids, _, _ = chat.build_prompt(messages, settings.system_prompt, args.tokens)
+    input_ids = torch.tensor([ids], device=loaded.model.device)
+    plain_kwargs = {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "do_sample": False,
+        "temperature": None,
+        "top_p": None,
+        "top_k": None,
+        "pad_token_id": loaded.tokenizer.pad_token_id,
+    }
+
+    def plain(model: torch.nn.Module) -> tuple[float, float, int]:
+        """Time to first token from a one-token generate; then the whole answer."""
+        # On the torch thread, like the studio's own generation (see core/compute.py).
+        start = time.perf_counter()
+        compute.call(model.generate, **plain_kwargs, max_new_tokens=1)
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        out = compute.call(model.generate, **plain_kwargs, max_new_tokens=args.tokens)
+        total = time.perf_counter() - start
+        new = out.shape[1] - input_ids.shape[1]
+        return first, (new - 1) / (total - first), new
+
+    def ours() -> tuple[float, float, int]:
+        timings = chat.stream_chat(messages, params, settings.system_prompt).read().timings
+        return timings.time_to_first_token_s, timings.tokens_per_s, timings.new_tokens
+
+    plain(default_model)
+    plain(loaded.model)
+    ours()  # warm-up: first calls allocate and tune kernels
+    plain_runs, same_runs, our_runs = [], [], []
+    for _ in range(args.rounds):  # interleaved, so drift on a noisy machine hits all alike
+        plain_runs.append(plain(default_model))
+        same_runs.append(plain(loaded.model))
+        our_runs.append(ours())
+
+    def summary(runs: list[tuple[float, float, int]]) -> dict[str, float]:
+        return {
+            "ttft_s": round(statistics.median(r[0] for r in runs), 4),
+            "decode_tokens_per_s": round(statistics.median(r[1] for r in runs), 2),
+            "new_tokens": statistics.median(r[2] for r in runs),
+        }
+
+    plain_stats, same_stats, our_stats = summary(plain_runs), summary(same_runs), summary(our_runs)
+    decode = "decode_tokens_per_s"
+    result = {
+        "benchmark": "generate",
+        "model": loaded.name,
+        "device": loaded.device,
+        "our_dtype": str(loaded.model.dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "prompt_tokens": len(ids),
+        "ours": our_stats,
+        "plain_generate_float32": plain_stats,
+        "plain_generate_our_dtype": same_stats,
+        "wrapper_ratio_same_dtype": round(our_stats[decode] / same_stats[decode], 3),
+        "ttft_ratio_plain_over_ours": round(plain_stats["ttft_s"] / our_stats["ttft_s"], 3),
+        "ratio": round(our_stats[decode] / plain_stats[decode], 3),
+        "target": 1.0,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
