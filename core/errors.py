@@ -11,3 +11,7 @@ class ModelNotAvailableError(StudioError):
 
 class InvalidInputError(StudioError):
     """Something the user typed or uploaded cannot be used as it is."""
+
+
+class GenerationError(StudioError):
+    """The model could not finish an answer, for a reason the user can act on."""

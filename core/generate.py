@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from transformers import TextIteratorStreamer
 
 from core import compute
-from core.errors import InvalidInputError
+from core.errors import GenerationError, InvalidInputError
 from core.models import LoadedModel
 from core.settings import Settings
 
@@ -279,7 +279,7 @@ class HFChatModel:
                     if not stop.is_set():
                         model.generate(**kwargs)
             except BaseException as error:  # handed to the reading thread, which re-raises it
-                streamer.error = error
+                streamer.error = _plain_error(error)
             finally:
                 streamer.finish()
 
@@ -293,6 +293,21 @@ class HFChatModel:
             cancel=stop.set,
             wait=job.result,
         )
+
+
+def _plain_error(error: BaseException) -> BaseException:
+    """Running out of memory is the user's to fix (shorter input, shorter answers); say how.
+    Anything else is a bug and stays as it is."""
+    import torch
+
+    if isinstance(error, torch.OutOfMemoryError | MemoryError) or "out of memory" in str(error):
+        plain = GenerationError(
+            "The model ran out of memory while answering. Shorten the conversation (New chat), "
+            "lower 'Longest answer', or choose a smaller model."
+        )
+        plain.__cause__ = error
+        return plain
+    return error
 
 
 class _CountingStreamer(TextIteratorStreamer):

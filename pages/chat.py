@@ -53,7 +53,7 @@ if not history and not (question and question.strip()):
 for turn in history:
     with st.chat_message(turn["role"]):
         for notice in turn.get("notices", ()):
-            st.caption(f":material/content_cut: {notice}")
+            st.warning(notice, icon=":material/content_cut:")
         st.markdown(turn["content"])
         if turn.get("timings"):
             st.caption(turn["timings"])
@@ -69,7 +69,7 @@ if question and question.strip():
                 conversation, common.sampling_params(), st.session_state["chat_system_prompt"]
             )
             for notice in stream.notices:
-                st.caption(f":material/content_cut: {notice}")
+                st.warning(notice, icon=":material/content_cut:")
             st.write_stream(stream)
             answer = stream.answer
             assert answer is not None

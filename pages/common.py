@@ -55,7 +55,14 @@ def _device_text(device_setting: str) -> str:
 
 
 def device_text(settings: Settings) -> str:
+    """Where models run, for example 'CPU (2 cores)'."""
     return _device_text(settings.device)
+
+
+def dtype_text(settings: Settings) -> str:
+    """The weights' number format, for example 'bfloat16'."""
+    dtype = models.resolve_dtype(settings.dtype, models.resolve_device(settings.device))
+    return str(dtype).removeprefix("torch.")
 
 
 def sidebar() -> None:

@@ -58,7 +58,9 @@ with base:
     try:
         source = models.describe_model(settings.base_model, settings)
         st.markdown(f"{source.display_name}  \n:gray[{source.note}]")
-        st.markdown(f"Runs on: {common.device_text(settings)}")
+        st.markdown(
+            f"Runs on: {common.device_text(settings)}, {common.dtype_text(settings)} weights"
+        )
     except StudioError as error:
         st.error(str(error), icon=":material/error:")
 with embedding:

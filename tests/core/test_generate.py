@@ -2,9 +2,10 @@ import threading
 import time
 
 import pytest
+import torch
 
 from core import models
-from core.errors import InvalidInputError
+from core.errors import GenerationError, InvalidInputError
 from core.generate import ChatStream, HFChatModel, SamplingParams, Timings, clean_messages
 from core.settings import Settings
 
@@ -148,12 +149,23 @@ def test_closing_a_stream_early_stops_generation_and_frees_the_model(loaded) -> 
 
 def test_an_error_while_generating_reaches_the_reader(chat: HFChatModel, monkeypatch) -> None:
     def broken(**kwargs):
-        raise RuntimeError("out of memory")
+        raise RuntimeError("shape mismatch")
 
     monkeypatch.setattr(chat.loaded.model, "generate", broken)
-    with pytest.raises(RuntimeError, match="out of memory"):
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # a bug stays visible as a bug
         chat.stream_chat(ask("hi"), GREEDY).read()
     assert not chat._lock.locked()
+
+
+def test_running_out_of_memory_is_explained(chat: HFChatModel, monkeypatch) -> None:
+    def exhausted(**kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(chat.loaded.model, "generate", exhausted)
+    with pytest.raises(GenerationError, match=r"ran out of memory.*Longest answer"):
+        chat.stream_chat(ask("hi"), GREEDY).read()
+    monkeypatch.undo()
+    assert chat.stream_chat(ask("hi"), GREEDY).read().timings.new_tokens >= 1  # still serving
 
 
 def test_chat_stream_times_pieces_it_is_given() -> None:

@@ -51,3 +51,28 @@ def test_chat_streams_an_answer_from_the_default_model(page, studio_url: str) ->
     assert all(final.startswith(text[:20]) for text in partial)
     assert page.get_by_test_id("stException").count() == 0
     assert page.get_by_text("first token after").count() == 1
+
+
+def test_two_browser_sessions_asking_at_once_get_their_own_answers(browser, studio_url) -> None:
+    questions = {
+        "What is the capital of France?": "Paris",
+        "What is the capital of Germany?": "Berlin",
+    }
+    contexts = [browser.new_context(viewport={"width": 1000, "height": 800}) for _ in questions]
+    try:
+        pages = [context.new_page() for context in contexts]
+        for page in pages:
+            page.goto(f"{studio_url}/chat")
+            page.get_by_test_id("stChatInputTextArea").wait_for(timeout=180_000)
+        for page, question in zip(pages, questions, strict=True):  # both sent before either ends
+            page.get_by_test_id("stChatInputTextArea").fill(question)
+            page.get_by_test_id("stChatInputTextArea").press("Enter")
+        for index, (page, expected) in enumerate(zip(pages, questions.values(), strict=True)):
+            page.get_by_text("tokens/s").wait_for(timeout=90_000)
+            answer = page.get_by_test_id("stChatMessage").nth(1).inner_text()
+            screenshot(page, f"04-session-{index + 1}")
+            assert expected in answer
+            assert page.get_by_test_id("stException").count() == 0
+    finally:
+        for context in contexts:
+            context.close()
