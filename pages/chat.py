@@ -14,7 +14,7 @@ st.caption(
     "with a tuned model and with answers that read your documents."
 )
 
-settings_column, button_column = st.columns([5, 1], vertical_alignment="top")
+settings_column, button_column = st.columns([3, 1], vertical_alignment="top")
 with settings_column.expander("Answer settings", icon=":material/tune:"):
     st.text_area(
         "System prompt", key="chat_system_prompt", help=common.help_for("system_prompt"), height=80
