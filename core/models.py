@@ -128,14 +128,19 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def _variable(spec: str, settings: Settings) -> str:
+    """The environment variable a user edits to change this model."""
+    return "LRS_EMBEDDING_MODEL" if spec == settings.embedding_model else "LRS_BASE_MODEL"
+
+
 def describe_model(spec: str, settings: Settings) -> ModelSource:
     """Say where a model comes from; ModelNotAvailableError says what to do if it can't be used."""
     if spec.startswith("embedded:"):
         if spec not in EMBEDDED_MODELS:
             known = ", ".join(EMBEDDED_MODELS)
             raise ModelNotAvailableError(
-                f"'{spec}' is not one of the embedded models ({known}). Name one of those, a "
-                "Hugging Face Hub id or a folder."
+                f"'{spec}' is not one of the embedded models ({known}). Set "
+                f"{_variable(spec, settings)} to one of those, a Hugging Face Hub id or a folder."
             )
         path = _embedded_path(spec)
         name = spec.removeprefix("embedded:")
@@ -152,8 +157,9 @@ def describe_model(spec: str, settings: Settings) -> ModelSource:
         return ModelSource(spec, "folder", folder.name, folder, True, f"from the folder {folder}")
     if _looks_like_path(spec) or folder.exists():
         raise ModelNotAvailableError(
-            f"The folder '{spec}' does not exist. Point the setting at a folder that holds a "
-            "model, name a Hugging Face Hub id, or leave it empty for the embedded default."
+            f"The folder '{spec}' does not exist. Set {_variable(spec, settings)} to a folder "
+            "that holds a model or to a Hugging Face Hub id, or remove it to use the embedded "
+            "default."
         )
 
     from huggingface_hub.utils import HFValidationError, validate_repo_id
@@ -171,8 +177,8 @@ def describe_model(spec: str, settings: Settings) -> ModelSource:
     if settings.offline:
         raise ModelNotAvailableError(
             f"The model '{spec}' is not on this machine and the studio is set to work offline. "
-            f"Download it where there is internet (`hf download {spec}`) and point the setting at "
-            "its folder, or use the embedded default."
+            f"Download it where there is internet (`hf download {spec}`) and set "
+            f"{_variable(spec, settings)} to its folder, or remove it to use the embedded default."
         )
     return ModelSource(
         spec,
@@ -214,19 +220,19 @@ def prepare_model(spec: str, settings: Settings, progress: Progress | None = Non
         assert source.path is not None
         return source.path
     if source.kind == "hub":
-        return _download(spec, report)
+        return _download(spec, _variable(spec, settings), report)
     assert source.path is not None
     if source.path.suffix != ".gguf":
         return source.path
     return _convert_gguf(source.path, converted_model_dir(settings, source.path), report)
 
 
-def _download(repo_id: str, report: Progress) -> Path:
+def _download(repo_id: str, variable: str, report: Progress) -> Path:
     if not hub_reachable():
         raise ModelNotAvailableError(
             f"The model '{repo_id}' is not on this machine and the Hugging Face Hub cannot be "
             f"reached from here. Download it where there is internet (`hf download {repo_id}`) "
-            "and point the setting at its folder, or use the embedded default."
+            f"and set {variable} to its folder, or remove it to use the embedded default."
         )
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError

@@ -1,5 +1,7 @@
 """Chat: a streamed, multi-turn conversation with the base model."""
 
+import itertools
+
 import streamlit as st
 
 from core.errors import StudioError
@@ -70,7 +72,11 @@ if question and question.strip():
             )
             for notice in stream.notices:
                 st.warning(notice, icon=":material/content_cut:")
-            st.write_stream(stream)
+            pieces = iter(stream)
+            # Reading a long conversation can take a while before the first word: say so.
+            with st.spinner("Reading the conversation…", show_time=True):
+                first = next(pieces, "")
+            st.write_stream(itertools.chain([first], pieces))
             answer = stream.answer
             assert answer is not None
             st.caption(answer.timings.summary())

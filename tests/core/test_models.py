@@ -43,9 +43,12 @@ def test_local_folder_loads_and_generates(settings: Settings, tiny_model_dir: Pa
     assert out.shape[1] == ids.shape[1] + 3
 
 
-def test_missing_folder_says_so(settings: Settings, tmp_path: Path) -> None:
-    with pytest.raises(ModelNotAvailableError, match="does not exist"):
+def test_missing_folder_says_so_and_names_the_setting(settings: Settings, tmp_path: Path) -> None:
+    with pytest.raises(ModelNotAvailableError, match=r"does not exist\. Set LRS_BASE_MODEL"):
         models.describe_model(str(tmp_path / "no-such-model"), settings)
+    settings = settings.model_copy(update={"embedding_model": str(tmp_path / "no-such-embedder")})
+    with pytest.raises(ModelNotAvailableError, match="Set LRS_EMBEDDING_MODEL"):
+        models.describe_model(settings.embedding_model, settings)
 
 
 def test_folder_without_a_model_says_what_is_missing(settings: Settings, tmp_path: Path) -> None:
@@ -71,6 +74,7 @@ def test_hub_id_offline_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelNotAvailableError, match="set to work offline") as caught:
         models.load_chat_model(settings)
     assert "hf download someone/not-downloaded-model" in str(caught.value)
+    assert "LRS_BASE_MODEL" in str(caught.value)
 
 
 def test_hub_id_without_a_reachable_hub_fails_fast_and_plainly(
