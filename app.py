@@ -1,18 +1,23 @@
-"""LoRA-RAG Studio: page setup, navigation and the shared sidebar."""
+"""LoRA-RAG Studio: page setup, navigation and the shared sidebar.
+
+The pages live in views/, not pages/: a folder named pages/ beside this file makes Streamlit
+start in its legacy multipage mode, and a first visit straight to a page's URL (say /chat) then
+ran that page without this file, so without its setup.
+"""
 
 from pathlib import Path
 
 import streamlit as st
 
-from pages import common
+from views import common
 
 st.set_page_config(page_title="LoRA-RAG Studio", page_icon=":material/compare:", layout="wide")
 st.logo(str(Path(__file__).parent / "assets" / "logo.svg"), size="large")
 
 navigation = st.navigation(
     [
-        st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-        st.Page("pages/chat.py", title="Chat", icon=":material/chat:"),
+        st.Page("views/home.py", title="Home", icon=":material/home:", default=True),
+        st.Page("views/chat.py", title="Chat", icon=":material/chat:"),
     ]
 )
 common.sidebar()

@@ -10,8 +10,8 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from pages import common
 from tests.fakes import FakeChatModel
+from views import common
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 

@@ -11,7 +11,7 @@ def messages(at) -> list[tuple[str, str]]:
 
 
 def test_chat_page_smoke_with_the_real_tiny_model(open_page) -> None:
-    at = open_page("pages/chat.py")
+    at = open_page("views/chat.py")
     assert not at.exception and not at.error
     assert at.title[0].value == "Chat"
     send(at, "What is the capital of France?")
@@ -21,7 +21,7 @@ def test_chat_page_smoke_with_the_real_tiny_model(open_page) -> None:
 
 
 def test_streamed_answer_is_shown_and_kept_in_history(open_page, fake_model: FakeChatModel) -> None:
-    at = send(open_page("pages/chat.py"), "What is the capital of France?")
+    at = send(open_page("views/chat.py"), "What is the capital of France?")
     assert not at.exception
     assert messages(at) == [
         ("user", "What is the capital of France?"),
@@ -46,7 +46,7 @@ def test_streamed_answer_is_shown_and_kept_in_history(open_page, fake_model: Fak
 
 
 def test_answer_settings_are_used(open_page, fake_model: FakeChatModel) -> None:
-    at = open_page("pages/chat.py")
+    at = open_page("views/chat.py")
     at.slider(key="chat_temperature").set_value(0.0)
     at.number_input(key="chat_max_new_tokens").set_value(64)
     at.text_area(key="chat_system_prompt").set_value("Talk like a pirate.")
@@ -56,7 +56,7 @@ def test_answer_settings_are_used(open_page, fake_model: FakeChatModel) -> None:
 
 
 def test_new_chat_clears_the_conversation(open_page, fake_model: FakeChatModel) -> None:
-    at = send(open_page("pages/chat.py"), "What is the capital of France?")
+    at = send(open_page("views/chat.py"), "What is the capital of France?")
     assert len(at.chat_message) == 2
     at.button(key="chat_new").click().run()
     assert len(at.chat_message) == 0
@@ -64,17 +64,17 @@ def test_new_chat_clears_the_conversation(open_page, fake_model: FakeChatModel) 
 
 
 def test_an_empty_message_does_nothing(open_page, fake_model: FakeChatModel) -> None:
-    at = send(open_page("pages/chat.py"), "   ")
+    at = send(open_page("views/chat.py"), "   ")
     assert len(at.chat_message) == 0
     assert fake_model.calls == []
 
 
 def test_a_cut_message_shows_its_notice(open_page, monkeypatch, studio_env) -> None:
-    from pages import common
+    from views import common
 
     notice = "Your message was too long for the model: only its first 10 of 99 tokens were used."
     monkeypatch.setattr(common, "build_chat_model", lambda s: FakeChatModel(["ok"], [notice]))
-    at = send(open_page("pages/chat.py"), "long " * 50)
+    at = send(open_page("views/chat.py"), "long " * 50)
     assert [w.value for w in at.warning] == [notice]
     assert at.session_state["chat_messages"][-1]["notices"] == [notice]
 
@@ -82,7 +82,7 @@ def test_a_cut_message_shows_its_notice(open_page, monkeypatch, studio_env) -> N
 def test_an_unavailable_model_gives_one_plain_sentence(open_page, monkeypatch) -> None:
     monkeypatch.setenv("LRS_BASE_MODEL", "someone/not-downloaded-model")
     monkeypatch.setenv("LRS_OFFLINE", "1")
-    at = open_page("pages/chat.py")
+    at = open_page("views/chat.py")
     assert not at.exception
     assert len(at.error) == 1 and "not on this machine" in at.error[0].value
     assert len(at.chat_input) == 0  # the page stopped before offering a chat

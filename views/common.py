@@ -1,6 +1,6 @@
 """Streamlit helpers shared by the pages: settings, session state, the sidebar, cached models.
 
-Not a page itself: app.py lists the pages explicitly.
+Not a page itself: app.py lists the pages (views/*.py) explicitly.
 """
 
 from __future__ import annotations

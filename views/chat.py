@@ -6,7 +6,7 @@ import streamlit as st
 
 from core.errors import StudioError
 from core.generate import Message
-from pages import common
+from views import common
 
 settings = common.get_settings()
 

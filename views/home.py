@@ -4,7 +4,7 @@ import streamlit as st
 
 from core import models
 from core.errors import StudioError
-from pages import common
+from views import common
 
 settings = common.get_settings()
 
@@ -49,7 +49,7 @@ st.markdown(
     "Chat with the base model first: ask it about your field and see what it knows, and what it "
     "invents, before you give it anything."
 )
-st.page_link("pages/chat.py", label="Chat with the base model", icon=":material/chat:")
+st.page_link("views/chat.py", label="Chat with the base model", icon=":material/chat:")
 
 st.subheader("This installation")
 base, embedding = st.columns(2, border=True)
