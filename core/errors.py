@@ -15,3 +15,11 @@ class InvalidInputError(StudioError):
 
 class GenerationError(StudioError):
     """The model could not finish an answer, for a reason the user can act on."""
+
+
+class KnowledgeBaseError(StudioError):
+    """A knowledge base cannot be created, opened or changed as asked."""
+
+
+class DocumentError(StudioError):
+    """One uploaded document cannot be added; the others carry on."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.errors import InvalidInputError
@@ -81,6 +81,39 @@ class Settings(BaseSettings):
         "limit. Older turns are dropped first when a conversation grows past it.",
     )
     max_upload_mb: int = Field(50, ge=1, description="The largest file you can upload, in MB.")
+    chroma_host: str | None = Field(
+        None,
+        description="Host name of a Chroma server that holds the knowledge bases. Empty: they "
+        "are stored on this machine, in the data folder.",
+    )
+    chroma_port: int = Field(8000, ge=1, le=65535, description="Port of that Chroma server.")
+    chunk_size: int = Field(
+        800,
+        ge=100,
+        le=8000,
+        description="How long each passage is, in characters. Shorter passages find precise "
+        "facts; longer ones keep more context together.",
+    )
+    chunk_overlap: int = Field(
+        100,
+        ge=0,
+        le=2000,
+        description="How many characters neighbouring passages share, so that a sentence cut "
+        "at a border is still found whole in one of them.",
+    )
+    top_k: int = Field(
+        4, ge=1, le=20, description="How many passages are retrieved and shown to the model."
+    )
+    parse_timeout_s: int = Field(
+        120,
+        ge=5,
+        description="Longest time reading one PDF may take before it is given up as broken.",
+    )
+    parse_memory_mb: int = Field(
+        1024,
+        ge=256,
+        description="Most memory reading one PDF may use before it is given up as broken.",
+    )
 
     @field_validator("base_model", "embedding_model")
     @classmethod
@@ -95,6 +128,17 @@ class Settings(BaseSettings):
         """Where converted and downloaded models are cached."""
         return self.data_dir / "models"
 
+    @property
+    def knowledge_dir(self) -> Path:
+        """Where each knowledge base keeps its catalog and its original files."""
+        return self.data_dir / "knowledge"
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> Settings:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError("LRS_CHUNK_OVERLAP must be smaller than LRS_CHUNK_SIZE")
+        return self
+
 
 def load_settings(**overrides: object) -> Settings:
     """Read the settings; a bad value becomes one plain sentence naming the variable to fix."""
@@ -103,8 +147,11 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as error:
         problems = []
         for item in error.errors()[:3]:
-            name = "LRS_" + "_".join(str(part) for part in item["loc"]).upper()
-            problems.append(f"{name}: {item['msg']}")
+            if item["loc"]:
+                name = "LRS_" + "_".join(str(part) for part in item["loc"]).upper()
+                problems.append(f"{name}: {item['msg']}")
+            else:
+                problems.append(str(item["msg"]).removeprefix("Value error, "))
         raise InvalidInputError(
             "A setting is not valid, so the studio cannot start. Fix it in the environment or "
             "in .env: " + "; ".join(problems) + "."

@@ -1,0 +1,404 @@
+"""Add documents to a knowledge base: validate, read, split, embed, store, one event at a time.
+
+`ingest` is a generator of `IngestEvent`s, so a page can show each file arrive. One bad file
+never stops the batch: it is reported as failed, with the reason, and the next one goes on.
+A document is written as 'pending' in the catalog, its passages are added, then it is marked
+'complete'; a crash in between is found by `recover` and the document redone from its stored file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unicodedata
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from core.errors import DocumentError
+from core.knowledge import DocumentRecord, KnowledgeBase, _process_alive, this_process
+from core.settings import Settings
+
+FILE_TYPES = {"pdf": "PDF", "txt": "Text", "md": "Markdown", "docx": "Word", "html": "HTML"}
+_ALIASES = {"htm": "html", "markdown": "md", "text": "txt"}
+_BATCH = 64  # passages embedded and stored per step: small enough for steady progress
+_active: set[str] = set()  # doc ids this process is writing right now
+_active_lock = threading.Lock()
+
+Status = Literal["started", "progress", "added", "replaced", "skipped", "failed", "redone"]
+
+
+@dataclass(frozen=True)
+class UploadedFile:
+    """A file as the user gave it: its name is for display only, never a path."""
+
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ChunkSettings:
+    """How documents are cut into passages; the help texts are shown in the app."""
+
+    chunk_size: int = field(
+        default=800, metadata={"help": Settings.model_fields["chunk_size"].description}
+    )
+    chunk_overlap: int = field(
+        default=100, metadata={"help": Settings.model_fields["chunk_overlap"].description}
+    )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ChunkSettings:
+        return cls(settings.chunk_size, settings.chunk_overlap)
+
+
+@dataclass(frozen=True)
+class IngestEvent:
+    """What happened to one file; `fraction` is the progress of the whole batch (0 to 1)."""
+
+    file_name: str
+    status: Status
+    message: str
+    fraction: float
+    passages: int = 0
+    pages: int = 0
+
+
+@dataclass
+class _Prepared:
+    """A file read and split, ready to embed; or the reason it cannot be."""
+
+    upload: UploadedFile
+    name: str
+    file_type: str = ""
+    content_hash: str = ""
+    pages: int = 0
+    chunks: list = field(default_factory=list)  # langchain Documents
+    error: str = ""
+
+
+def display_name(raw: str) -> str:
+    """A file name safe to show and to store as text: no folders, control characters or NULs."""
+    name = raw.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if unicodedata.category(c)[0] != "C").strip().strip(".")
+    if len(name) > 120:
+        stem, dot, ext = name.rpartition(".")
+        name = (stem[: 110 - len(ext)] + "…" + dot + ext) if dot and len(ext) <= 8 else name[:120]
+    return name or "unnamed"
+
+
+def file_type_of(name: str) -> str:
+    ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    ext = _ALIASES.get(ext, ext)
+    if ext not in FILE_TYPES:
+        raise DocumentError(
+            "Only PDF, TXT, MD, DOCX and HTML files can be added"
+            + (f"; '.{ext}' is not one of them." if ext else "; this file has no extension.")
+        )
+    return ext
+
+
+def decode_text(data: bytes) -> str:
+    """Text from bytes in whatever encoding they are: BOMs, UTF-8, then a detected guess."""
+    from charset_normalizer import from_bytes
+
+    boms = [
+        (b"\xef\xbb\xbf", "utf-8-sig"),
+        (b"\xff\xfe\x00\x00", "utf-32"),
+        (b"\x00\x00\xfe\xff", "utf-32"),
+        (b"\xff\xfe", "utf-16"),
+        (b"\xfe\xff", "utf-16"),
+    ]
+    for bom, encoding in boms:
+        if data.startswith(bom):
+            return data.decode(encoding, errors="replace")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    if b"\x00" in data[:4096]:
+        raise DocumentError("The file does not look like text: it holds binary data.")
+    best = from_bytes(data).best()
+    if best is None:
+        raise DocumentError("The file does not look like text: no text encoding fits it.")
+    return str(best)
+
+
+def _pdf_pages(path: Path, settings: Settings) -> list[str]:
+    if not path.read_bytes()[:1024].lstrip().startswith(b"%PDF"):
+        raise DocumentError("The file is not a PDF, though its name ends in .pdf.")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "core.pdf_text", str(path), str(settings.parse_memory_mb)],
+            capture_output=True,
+            timeout=settings.parse_timeout_s,
+            cwd=Path(__file__).resolve().parents[1],
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise DocumentError(
+            f"Reading the PDF took longer than {settings.parse_timeout_s} s, so it was stopped; "
+            "the file may be damaged."
+        ) from None
+    try:
+        result = json.loads(done.stdout or b"{}")
+    except json.JSONDecodeError:
+        result = {}
+    if "pages" not in result:
+        raise DocumentError(
+            result.get("error")
+            or "Reading the PDF failed (it needed too much memory or crashed); it may be damaged."
+        )
+    return list(result["pages"])
+
+
+def extract(path: Path, file_type: str, data: bytes, settings: Settings) -> list[tuple[int, str]]:
+    """(page number, text) pairs; page 0 means the format has no pages."""
+    if file_type == "pdf":
+        return [(n, text) for n, text in enumerate(_pdf_pages(path, settings), start=1)]
+    if file_type == "docx":
+        import zipfile
+
+        from langchain_community.document_loaders import Docx2txtLoader
+
+        if not zipfile.is_zipfile(path):
+            raise DocumentError("The file is not a Word document, though its name ends in .docx.")
+        try:
+            return [(0, doc.page_content) for doc in Docx2txtLoader(str(path)).load()]
+        except (KeyError, zipfile.BadZipFile, ValueError) as error:
+            raise DocumentError(f"The Word document could not be read ({error}).") from None
+    text = decode_text(data)
+    if file_type == "html":
+        from bs4 import BeautifulSoup
+
+        soup = BeautifulSoup(text, "html.parser")
+        for hidden in soup(["script", "style", "noscript", "template"]):
+            hidden.decompose()
+        title = soup.title.get_text(" ", strip=True) if soup.title else ""
+        body = soup.get_text("\n", strip=True)
+        text = f"{title}\n\n{body}" if title and not body.startswith(title) else body
+    return [(0, text)]
+
+
+def _split(pages: list[tuple[int, str]], chunking: ChunkSettings) -> list:
+    from langchain_core.documents import Document
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+    splitter = RecursiveCharacterTextSplitter(
+        chunk_size=chunking.chunk_size,
+        chunk_overlap=chunking.chunk_overlap,
+        add_start_index=True,
+    )
+    documents = [
+        Document(page_content=text, metadata={"page": page})
+        for page, text in pages
+        if text and text.strip()
+    ]
+    return [c for c in splitter.split_documents(documents) if c.page_content.strip()]
+
+
+def doc_id_for(name: str, content_hash: str) -> str:
+    return hashlib.sha256(f"{name}\0{content_hash}".encode()).hexdigest()[:32]
+
+
+def _prepare(kb: KnowledgeBase, upload: UploadedFile, chunking: ChunkSettings) -> _Prepared:
+    name = display_name(upload.name)
+    prepared = _Prepared(upload, name)
+    settings = kb.settings
+    try:
+        prepared.file_type = file_type_of(name)
+        size_mb = len(upload.data) / 1_000_000
+        if size_mb > settings.max_upload_mb:
+            raise DocumentError(
+                f"The file is {size_mb:.1f} MB; the limit is {settings.max_upload_mb} MB "
+                "(LRS_MAX_UPLOAD_MB)."
+            )
+        if not upload.data.strip():
+            raise DocumentError("The file is empty.")
+        prepared.content_hash = hashlib.sha256(upload.data).hexdigest()
+        with tempfile.TemporaryDirectory() as scratch:
+            # Parse a private copy under a name we made: the uploaded name is never a path.
+            path = Path(scratch) / f"upload.{prepared.file_type}"
+            path.write_bytes(upload.data)
+            pages = extract(path, prepared.file_type, upload.data, settings)
+        prepared.pages = sum(1 for page, _ in pages if page) or 1
+        prepared.chunks = _split(pages, chunking)
+        if not prepared.chunks:
+            raise DocumentError(
+                "No extractable text: the file may be a scan or an image. Run it through OCR "
+                "first, or add a version with a text layer."
+                if prepared.file_type == "pdf"
+                else "No text in the file."
+            )
+    except DocumentError as error:
+        prepared.error = str(error)
+    return prepared
+
+
+def _store_original(kb: KnowledgeBase, prepared: _Prepared) -> None:
+    kb.files_dir.mkdir(parents=True, exist_ok=True)
+    target = kb.files_dir / f"{prepared.content_hash}.{prepared.file_type}"
+    if not target.exists():
+        partial = target.with_suffix(".partial")
+        partial.write_bytes(prepared.upload.data)
+        partial.replace(target)  # atomic: a crash never leaves half a file under the name
+
+
+def _write(kb: KnowledgeBase, prepared: _Prepared, doc_id: str) -> Iterator[int]:
+    """Store a prepared document's passages as pending, then mark it complete. Yields counts."""
+    chunks = prepared.chunks
+    for index, chunk in enumerate(chunks):
+        chunk.metadata.update(
+            doc_id=doc_id,
+            source=prepared.name,
+            file_type=prepared.file_type,
+            passage=index,
+            start=chunk.metadata.pop("start_index", 0),
+            content_hash=prepared.content_hash,
+        )
+    kb.catalog.add_pending(
+        DocumentRecord(
+            doc_id,
+            prepared.name,
+            prepared.file_type,
+            prepared.pages,
+            len(chunks),
+            len(prepared.upload.data),
+            time.time(),
+            prepared.content_hash,
+            "pending",
+            this_process(),
+        )
+    )
+    with _active_lock:
+        _active.add(doc_id)
+    try:
+        for start in range(0, len(chunks), _BATCH):
+            batch = chunks[start : start + _BATCH]
+            ids = [f"{doc_id}-{c.metadata['passage']:06d}" for c in batch]
+            kb.store.add_documents(batch, ids=ids)
+            yield start + len(batch)
+        kb.catalog.complete(doc_id)
+    except BaseException:
+        # Nothing half-written stays behind: the document is either fully in or not at all.
+        kb.delete_passages(doc_id)
+        kb.catalog.remove(doc_id)
+        raise
+    finally:
+        with _active_lock:
+            _active.discard(doc_id)
+
+
+def ingest(
+    kb: KnowledgeBase, files: Sequence[UploadedFile], chunking: ChunkSettings
+) -> Iterator[IngestEvent]:
+    """Add files to `kb`, yielding an event as each one starts, progresses and ends."""
+    total = max(len(files), 1)
+    # Read and split the next file while this one is embedded (reading PDFs runs in a child
+    # process, so it uses the other core).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-read") as reader:
+        futures: list[Future[_Prepared]] = [
+            reader.submit(_prepare, kb, upload, chunking) for upload in files[:2]
+        ]
+        for position, upload in enumerate(files):
+            if position + 2 < len(files):
+                futures.append(reader.submit(_prepare, kb, files[position + 2], chunking))
+            done = position / total
+            name = display_name(upload.name)
+            yield IngestEvent(name, "started", f"Reading {name}", done)
+            prepared = futures[position].result()
+            yield from _add_one(kb, prepared, done, 1 / total)
+    yield IngestEvent("", "progress", "Done", 1.0)
+
+
+def _add_one(
+    kb: KnowledgeBase, prepared: _Prepared, done: float, share: float
+) -> Iterator[IngestEvent]:
+    name = prepared.name
+    if prepared.error:
+        yield IngestEvent(name, "failed", prepared.error, done + share)
+        return
+    complete = [d for d in kb.documents() if d.status == "complete"]
+    same = [d for d in complete if d.content_hash == prepared.content_hash]
+    if same:
+        where = "" if same[0].name == name else f" as '{same[0].name}'"
+        yield IngestEvent(
+            name,
+            "skipped",
+            f"Already in the knowledge base{where}: nothing changed.",
+            done + share,
+            same[0].passages,
+            same[0].pages,
+        )
+        return
+    older = [d for d in complete if d.name == name]
+    doc_id = doc_id_for(name, prepared.content_hash)
+    count = len(prepared.chunks)
+    try:
+        _store_original(kb, prepared)
+        for written in _write(kb, prepared, doc_id):
+            yield IngestEvent(
+                name,
+                "progress",
+                f"Embedding {name}: {written} of {count} passages",
+                done + share * written / count,
+            )
+    except Exception as error:  # storage failed (disk full, server gone): report, carry on
+        yield IngestEvent(name, "failed", f"Could not store the passages ({error}).", done + share)
+        return
+    for old in older:  # the new version is fully in: now the old one can go
+        kb.delete_document(old.doc_id)
+    pages = f" from {prepared.pages} pages" if prepared.file_type == "pdf" else ""
+    if older:
+        message = f"Replaced the earlier version: {count} passages{pages}."
+        status: Status = "replaced"
+    else:
+        message = f"Added {count} passages{pages}."
+        status = "added"
+    yield IngestEvent(name, status, message, done + share, count, prepared.pages)
+
+
+def recover(kb: KnowledgeBase, chunking: ChunkSettings) -> list[IngestEvent]:
+    """Redo documents left 'pending' by a writer that died (a crash or a restart mid-way)."""
+    events: list[IngestEvent] = []
+    for record in kb.catalog.documents(status="pending"):
+        with _active_lock:
+            if record.doc_id in _active:
+                continue
+        if record.owner != this_process() and _process_alive(record.owner):
+            continue
+        kb.delete_passages(record.doc_id)
+        kb.catalog.remove(record.doc_id)
+        original = kb.original_path(record)
+        if not original.exists():
+            events.append(
+                IngestEvent(record.name, "failed", "Was interrupted and its file is gone.", 1.0)
+            )
+            continue
+        upload = UploadedFile(record.name, original.read_bytes())
+        results = list(_add_one(kb, _prepare(kb, upload, chunking), 0.0, 1.0))
+        last = results[-1]
+        if last.status in ("added", "replaced"):
+            last = IngestEvent(
+                record.name,
+                "redone",
+                "Was interrupted earlier and has been added again.",
+                1.0,
+                last.passages,
+                last.pages,
+            )
+        events.append(last)
+    return events
+
+
+def markdown_escape(text: str) -> str:
+    """Show document text literally in Markdown: no formatting, links or HTML from it."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$])", r"\\\1", text)

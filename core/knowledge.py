@@ -1,0 +1,320 @@
+"""Knowledge bases: named Chroma collections, each with a catalog of its documents.
+
+Vectors live in Chroma: embedded on disk under the data folder, or on a Chroma server when
+settings name one. Each knowledge base also has a folder of its own under the data folder with a
+SQLite catalog (which documents are in, and whether each is complete) and the original files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from core.errors import KnowledgeBaseError
+from core.settings import Settings
+
+_NAME = re.compile(r"^[\w][\w .\-]{0,62}[\w.]$|^\w$")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS documents (
+    doc_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    file_type TEXT NOT NULL,
+    pages INTEGER NOT NULL,
+    passages INTEGER NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    added REAL NOT NULL,
+    content_hash TEXT NOT NULL,
+    status TEXT NOT NULL,          -- 'pending' while passages are written, then 'complete'
+    owner TEXT NOT NULL            -- 'host:pid' of the process writing a pending document
+);
+"""
+
+
+@dataclass(frozen=True)
+class DocumentRecord:
+    """One document in a knowledge base, as the documents table shows it."""
+
+    doc_id: str
+    name: str
+    file_type: str
+    pages: int
+    passages: int
+    size_bytes: int
+    added: float
+    content_hash: str
+    status: str
+    owner: str
+
+
+def this_process() -> str:
+    return f"{os.uname().nodename}:{os.getpid()}"
+
+
+def _process_alive(owner: str) -> bool:
+    host, _, pid = owner.rpartition(":")
+    if host != os.uname().nodename:
+        return True  # another machine's writer: we cannot tell, so we leave it alone
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def slug(name: str) -> str:
+    """A folder and collection name for a knowledge base name: readable, unique, Chroma-valid."""
+    readable = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "kb"
+    digest = hashlib.sha256(name.casefold().encode()).hexdigest()[:8]
+    return f"kb-{readable}-{digest}"
+
+
+@lru_cache(maxsize=4)
+def chroma_client(host: str | None, port: int, path: str) -> Any:
+    """One Chroma client per process and place: the embedded store, or a server."""
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    options = ChromaSettings(anonymized_telemetry=False)
+    if host:
+        try:
+            return chromadb.HttpClient(host=host, port=port, settings=options)
+        except Exception as error:  # the client raises plain Exception when the server is down
+            raise KnowledgeBaseError(
+                f"The Chroma server at {host}:{port} does not answer ({error}). Start it, or "
+                "remove LRS_CHROMA_HOST to keep knowledge bases on this machine."
+            ) from error
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return chromadb.PersistentClient(path=path, settings=options)
+
+
+def client_for(settings: Settings) -> Any:
+    return chroma_client(
+        settings.chroma_host, settings.chroma_port, str(settings.data_dir / "chroma")
+    )
+
+
+class Catalog:
+    """The SQLite catalog of one knowledge base; safe to use from several threads and processes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
+            db.executescript(_SCHEMA)
+        finally:
+            db.close()
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
+
+    def get_meta(self) -> dict[str, str]:
+        with self._connect() as db:
+            return dict(db.execute("SELECT key, value FROM meta").fetchall())
+
+    def set_meta(self, **values: str) -> None:
+        with self._connect() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(values.items())
+            )
+
+    def bump_revision(self) -> None:
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('revision', '1') ON CONFLICT(key) "
+                "DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+            )
+
+    def documents(self, status: str | None = None) -> list[DocumentRecord]:
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM documents ORDER BY added").fetchall()
+        records = [DocumentRecord(*row) for row in rows]
+        return [r for r in records if status is None or r.status == status]
+
+    def find(
+        self, *, name: str | None = None, content_hash: str | None = None
+    ) -> list[DocumentRecord]:
+        return [
+            d
+            for d in self.documents()
+            if (name is None or d.name == name)
+            and (content_hash is None or d.content_hash == content_hash)
+        ]
+
+    def add_pending(self, record: DocumentRecord) -> None:
+        with self._connect() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.doc_id,
+                    record.name,
+                    record.file_type,
+                    record.pages,
+                    record.passages,
+                    record.size_bytes,
+                    record.added,
+                    record.content_hash,
+                    "pending",
+                    record.owner,
+                ),
+            )
+
+    def complete(self, doc_id: str) -> None:
+        with self._connect() as db:
+            db.execute("UPDATE documents SET status = 'complete' WHERE doc_id = ?", (doc_id,))
+        self.bump_revision()
+
+    def remove(self, doc_id: str) -> None:
+        with self._connect() as db:
+            db.execute("DELETE FROM documents WHERE doc_id = ?", (doc_id,))
+        self.bump_revision()
+
+
+class KnowledgeBase:
+    """One named knowledge base: its Chroma collection, catalog and original files."""
+
+    def __init__(self, settings: Settings, name: str, folder: Path, embeddings: Any) -> None:
+        from langchain_chroma import Chroma
+
+        self.settings = settings
+        self.name = name
+        self.folder = folder
+        self.catalog = Catalog(folder / "catalog.sqlite")
+        self.collection_name = folder.name
+        self.store = Chroma(
+            collection_name=self.collection_name,
+            embedding_function=embeddings,
+            client=client_for(settings),
+            collection_metadata={"hnsw:space": "cosine", "studio_name": name},
+        )
+
+    @property
+    def files_dir(self) -> Path:
+        return self.folder / "files"
+
+    @property
+    def embedding_model(self) -> str:
+        return self.catalog.get_meta().get("embedding_model", "")
+
+    @property
+    def revision(self) -> int:
+        return int(self.catalog.get_meta().get("revision", "0"))
+
+    def documents(self) -> list[DocumentRecord]:
+        return self.catalog.documents()
+
+    def passage_count(self) -> int:
+        return int(self.store._collection.count())
+
+    def original_path(self, record: DocumentRecord) -> Path:
+        """The stored original: named by its content hash, never by the uploaded name."""
+        return self.files_dir / f"{record.content_hash}.{record.file_type}"
+
+    def delete_passages(self, doc_id: str) -> None:
+        self.store._collection.delete(where={"doc_id": doc_id})
+
+    def delete_document(self, doc_id: str) -> DocumentRecord:
+        """Remove a document, its passages and (when no other record shares it) its file."""
+        matches = [d for d in self.documents() if d.doc_id == doc_id]
+        if not matches:
+            raise KnowledgeBaseError("That document is no longer in the knowledge base.")
+        record = matches[0]
+        self.delete_passages(doc_id)
+        self.catalog.remove(doc_id)
+        if not self.catalog.find(content_hash=record.content_hash):
+            self.original_path(record).unlink(missing_ok=True)
+        return record
+
+
+def validate_name(name: str) -> str:
+    name = name.strip()
+    if not _NAME.match(name):
+        raise KnowledgeBaseError(
+            "A knowledge base name has 1 to 64 characters: letters, digits, spaces, '.', '-' "
+            "and '_', starting with a letter or digit."
+        )
+    return name
+
+
+class KnowledgeStore:
+    """All knowledge bases of this studio."""
+
+    def __init__(self, settings: Settings, embeddings: Any) -> None:
+        self.settings = settings
+        self.embeddings = embeddings
+        self.root = settings.knowledge_dir
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def names(self) -> list[str]:
+        found = []
+        for folder in sorted(self.root.glob("kb-*")):
+            if (folder / "catalog.sqlite").exists():
+                name = Catalog(folder / "catalog.sqlite").get_meta().get("name")
+                if name:
+                    found.append(name)
+        return sorted(found, key=str.casefold)
+
+    def _folder(self, name: str) -> Path:
+        return self.root / slug(name)
+
+    def create(self, name: str) -> KnowledgeBase:
+        name = validate_name(name)
+        folder = self._folder(name)
+        if (folder / "catalog.sqlite").exists():
+            raise KnowledgeBaseError(f"A knowledge base called '{name}' already exists.")
+        folder.mkdir(parents=True, exist_ok=True)
+        catalog = Catalog(folder / "catalog.sqlite")
+        catalog.set_meta(
+            name=name,
+            embedding_model=self.settings.embedding_model,
+            created=str(time.time()),
+            revision="0",
+        )
+        return KnowledgeBase(self.settings, name, folder, self.embeddings)
+
+    def open(self, name: str) -> KnowledgeBase:
+        folder = self._folder(name)
+        if not (folder / "catalog.sqlite").exists():
+            raise KnowledgeBaseError(f"There is no knowledge base called '{name}'.")
+        kb = KnowledgeBase(self.settings, name, folder, self.embeddings)
+        if kb.embedding_model != self.settings.embedding_model:
+            raise KnowledgeBaseError(
+                f"The knowledge base '{name}' was built with the search model "
+                f"'{kb.embedding_model}', but the studio now uses "
+                f"'{self.settings.embedding_model}'. "
+                "Mixing the two would give meaningless results: set LRS_EMBEDDING_MODEL back, or "
+                "create a new knowledge base and add the documents again."
+            )
+        return kb
+
+    def delete(self, name: str) -> None:
+        folder = self._folder(name)
+        if not (folder / "catalog.sqlite").exists():
+            raise KnowledgeBaseError(f"There is no knowledge base called '{name}'.")
+        with contextlib.suppress(ValueError, Exception):  # a missing collection is fine
+            client_for(self.settings).delete_collection(folder.name)
+        shutil.rmtree(folder)
