@@ -126,10 +126,14 @@ def decode_text(data: bytes) -> str:
         pass
     if b"\x00" in data[:4096]:
         raise DocumentError("The file does not look like text: it holds binary data.")
-    best = from_bytes(data).best()
-    if best is None:
+    matches = list(from_bytes(data))
+    if not matches:
         raise DocumentError("The file does not look like text: no text encoding fits it.")
-    return str(best)
+    # Short Western text fits several code pages equally well (é is č in cp1250); among the
+    # equally good guesses prefer Windows-1252, by far the most common legacy one.
+    tied = [m for m in matches if m.chaos <= matches[0].chaos]
+    western = [m for m in tied if m.encoding in ("cp1252", "latin_1", "iso8859_15")]
+    return str((western or tied)[0])
 
 
 def _pdf_pages(path: Path, settings: Settings) -> list[str]:
@@ -356,14 +360,18 @@ def _add_one(
         return
     for old in older:  # the new version is fully in: now the old one can go
         kb.delete_document(old.doc_id)
-    pages = f" from {prepared.pages} pages" if prepared.file_type == "pdf" else ""
+    pages = f" from {_plural(prepared.pages, 'page')}" if prepared.file_type == "pdf" else ""
     if older:
-        message = f"Replaced the earlier version: {count} passages{pages}."
+        message = f"Replaced the earlier version: {_plural(count, 'passage')}{pages}."
         status: Status = "replaced"
     else:
-        message = f"Added {count} passages{pages}."
+        message = f"Added {_plural(count, 'passage')}{pages}."
         status = "added"
     yield IngestEvent(name, status, message, done + share, count, prepared.pages)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def recover(kb: KnowledgeBase, chunking: ChunkSettings) -> list[IngestEvent]:

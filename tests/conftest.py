@@ -29,3 +29,18 @@ def real_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One data folder for every test that uses the real default models: the model is converted
     once per test session, as it is once per installation."""
     return tmp_path_factory.mktemp("real-data")
+
+
+@pytest.fixture
+def fake_embeddings():  # type: ignore[no-untyped-def]
+    """Deterministic vectors from a hash of the text: fast, and the same text always matches."""
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+
+    return DeterministicFakeEmbedding(size=32)
+
+
+@pytest.fixture
+def knowledge(settings: Settings, fake_embeddings):  # type: ignore[no-untyped-def]
+    from core.knowledge import KnowledgeStore
+
+    return KnowledgeStore(settings, fake_embeddings)

@@ -8,12 +8,14 @@ from __future__ import annotations
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import streamlit as st
 
 from core import models
 from core.errors import StudioError
 from core.generate import ChatModel, HFChatModel, SamplingParams
+from core.knowledge import KnowledgeStore
 from core.settings import Settings, load_settings
 
 
@@ -39,6 +41,11 @@ def init_state(settings: Settings) -> None:
         "chat_temperature": settings.temperature,
         "chat_top_p": settings.top_p,
         "chat_max_new_tokens": settings.max_new_tokens,
+        "kb_chunk_size": settings.chunk_size,
+        "kb_chunk_overlap": settings.chunk_overlap,
+        "kb_top_k": settings.top_k,
+        "kb_upload_round": 0,  # bumped after an upload, which gives the uploader a fresh key
+        "kb_results": [],
     }
     for key, value in defaults.items():
         st.session_state.setdefault(key, value)
@@ -124,6 +131,22 @@ def chat_model(settings: Settings) -> ChatModel:
             return _shared_chat_model(
                 settings.base_model, settings.device, settings.context_window, settings
             )
+    except StudioError as error:
+        st.error(str(error), icon=":material/error:")
+        st.stop()
+
+
+@st.cache_resource(show_spinner=False, max_entries=1)
+def _shared_embeddings(embedding_model: str, device: str, _settings: Settings) -> Any:
+    return models.load_embeddings(_settings)
+
+
+def knowledge_store(settings: Settings) -> KnowledgeStore:
+    """All knowledge bases, with the shared search model; on a problem, a message and a stop."""
+    try:
+        with st.spinner("Loading the search model…"):
+            embeddings = _shared_embeddings(settings.embedding_model, settings.device, settings)
+        return KnowledgeStore(settings, embeddings)
     except StudioError as error:
         st.error(str(error), icon=":material/error:")
         st.stop()

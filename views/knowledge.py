@@ -1,0 +1,195 @@
+"""Knowledge base: documents the model can look things up in, and a preview of what it finds."""
+
+from datetime import datetime
+
+import streamlit as st
+
+from core.errors import StudioError
+from core.ingest import FILE_TYPES, ChunkSettings, UploadedFile, ingest, markdown_escape, recover
+from core.retrieve import search
+from views import common
+
+ICONS = {
+    "added": ":material/check_circle:",
+    "replaced": ":material/published_with_changes:",
+    "redone": ":material/restart_alt:",
+    "skipped": ":material/skip_next:",
+    "failed": ":material/error:",
+}
+
+settings = common.get_settings()
+st.title("Knowledge base")
+st.caption(
+    "Documents the model can look things up in before it answers (RAG). Answers then cite the "
+    "file and page they came from."
+)
+store = common.knowledge_store(settings)
+
+
+def create_form(key: str) -> None:
+    name = st.text_input("Name", key=f"{key}_name", placeholder="for example: HR policies")
+    if st.button("Create", key=f"{key}_create", type="primary", icon=":material/add:"):
+        try:
+            created = store.create(name)
+        except StudioError as error:
+            st.error(str(error))
+        else:
+            st.session_state["kb_selected"] = created.name
+            st.rerun()
+
+
+names = store.names()
+if not names:
+    st.info(
+        "Create a knowledge base to start: give it a name, then drop your documents into it.",
+        icon=":material/library_books:",
+    )
+    create_form("kb_first")
+    st.stop()
+
+if st.session_state.get("kb_selected") not in names:
+    st.session_state["kb_selected"] = names[0]
+pick, new, remove = st.columns([4, 1, 1], vertical_alignment="bottom")
+selected = pick.selectbox("Knowledge base", names, key="kb_selected")
+with new.popover("New", icon=":material/add:", width="stretch"):
+    create_form("kb_new")
+with remove.popover("Delete", icon=":material/delete:", width="stretch"):
+    st.warning(f"This deletes '{selected}' with all its documents and passages.")
+    sure = st.checkbox(f"Yes, delete '{selected}'", key="kb_delete_confirm")
+    if st.button("Delete knowledge base", key="kb_delete", disabled=not sure, type="primary"):
+        store.delete(selected)
+        st.session_state.pop("kb_selected", None)
+        st.session_state["kb_delete_confirm"] = False
+        st.toast(f"Deleted the knowledge base '{selected}'.", icon=":material/delete:")
+        st.rerun()
+
+try:
+    kb = store.open(selected)
+except StudioError as error:
+    st.error(str(error), icon=":material/error:")
+    st.stop()
+
+chunking = ChunkSettings(
+    int(st.session_state["kb_chunk_size"]), int(st.session_state["kb_chunk_overlap"])
+)
+for event in recover(kb, chunking):
+    st.info(f"{event.file_name}: {event.message}", icon=ICONS.get(event.status))
+
+# -- adding documents -------------------------------------------------------------------------
+st.subheader("Add documents")
+uploads = st.file_uploader(
+    "Drop files here: PDF, Word (DOCX), text, Markdown or HTML",
+    type=[*FILE_TYPES, "htm"],
+    accept_multiple_files=True,
+    key=f"kb_uploads_{st.session_state['kb_upload_round']}",
+    max_upload_size=settings.max_upload_mb,
+)
+with st.expander("Advanced: how documents are cut into passages", icon=":material/tune:"):
+    left, right = st.columns(2)
+    left.number_input(
+        "Passage length (characters)",
+        min_value=100,
+        max_value=8000,
+        step=100,
+        key="kb_chunk_size",
+        help=common.help_for("chunk_size"),
+    )
+    right.number_input(
+        "Overlap (characters)",
+        min_value=0,
+        max_value=2000,
+        step=50,
+        key="kb_chunk_overlap",
+        help=common.help_for("chunk_overlap"),
+    )
+    if chunking.chunk_overlap >= chunking.chunk_size:
+        st.warning("The overlap must be smaller than the passage length.")
+
+can_add = bool(uploads) and chunking.chunk_overlap < chunking.chunk_size
+if st.button(
+    "Add to knowledge base",
+    key="kb_add",
+    type="primary",
+    disabled=not can_add,
+    icon=":material/upload:",
+):
+    files = [UploadedFile(upload.name, upload.getvalue()) for upload in uploads or []]
+    results = []
+    with st.status(f"Adding {len(files)} file(s)…", expanded=True) as status:
+        bar = st.progress(0.0)
+        for event in ingest(kb, files, chunking):
+            bar.progress(min(event.fraction, 1.0), text=event.message)
+            if event.status in ICONS:
+                results.append((event.status, event.file_name, event.message))
+                st.markdown(
+                    f"{ICONS[event.status]} **{markdown_escape(event.file_name)}**: {event.message}"
+                )
+        failed = sum(1 for r in results if r[0] == "failed")
+        label = f"Done: {len(results) - failed} of {len(results)} file(s) in the knowledge base"
+        status.update(label=label, state="error" if failed == len(results) else "complete")
+    st.session_state["kb_results"] = results
+    st.session_state["kb_upload_round"] += 1  # a fresh, empty uploader; results stay on screen
+    st.rerun()
+
+for status_name, file_name, message in st.session_state["kb_results"]:
+    if status_name == "failed":
+        st.error(f"**{markdown_escape(file_name)}**: {message}", icon=ICONS["failed"])
+    else:
+        st.success(f"**{markdown_escape(file_name)}**: {message}", icon=ICONS[status_name])
+
+# -- documents ----------------------------------------------------------------------------------
+documents = [d for d in kb.documents() if d.status == "complete"]
+st.subheader(f"Documents ({len(documents)})")
+if not documents:
+    st.caption("No documents yet: add some above.")
+else:
+    st.dataframe(
+        [
+            {
+                "Name": d.name,
+                "Type": FILE_TYPES[d.file_type],
+                "Pages": str(d.pages) if d.file_type == "pdf" else "–",
+                "Passages": d.passages,
+                "Size (KB)": round(d.size_bytes / 1024, 1),
+                "Added": datetime.fromtimestamp(d.added).strftime("%Y-%m-%d %H:%M"),
+            }
+            for d in documents
+        ],
+        hide_index=True,
+        width="stretch",
+        key="kb_table",
+    )
+    by_label = {f"{d.name} ({d.passages} passages)": d for d in documents}
+    with st.popover("Delete a document", icon=":material/delete:"):
+        label = st.selectbox("Document", list(by_label), key="kb_doc_to_delete")
+        if st.button("Delete document", key="kb_doc_delete", type="primary"):
+            gone = kb.delete_document(by_label[label].doc_id)
+            st.session_state["kb_results"] = []
+            st.toast(f"Deleted {gone.name} and its {gone.passages} passages.")
+            st.rerun()
+
+# -- search preview -----------------------------------------------------------------------------
+st.subheader("What would the model see?")
+st.caption(
+    "Ask a question the way a user would: these are the passages a RAG answer would be given."
+)
+query_column, k_column = st.columns([4, 1])
+query = query_column.text_input(
+    "Question", key="kb_query", placeholder="What is the refund period?"
+)
+k_column.number_input(
+    "Passages", min_value=1, max_value=20, key="kb_top_k", help=common.help_for("top_k")
+)
+if query.strip():
+    result = search(kb, query, int(st.session_state["kb_top_k"]))
+    if not result.passages:
+        st.info("No passages found: add documents first, or ask in other words.")
+    st.caption(f"Searched in {result.seconds * 1000:.0f} ms.")
+    for rank, passage in enumerate(result.passages, start=1):
+        with st.container(border=True):
+            found = " and ".join(passage.found_by)
+            match = f" · match {passage.similarity:.2f}" if passage.similarity is not None else ""
+            st.markdown(
+                f"**{rank}. {markdown_escape(passage.citation)}**{match} · found by {found}"
+            )
+            st.markdown(markdown_escape(passage.text))
