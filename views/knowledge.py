@@ -34,7 +34,8 @@ def create_form(key: str) -> None:
         except StudioError as error:
             st.error(str(error))
         else:
-            st.session_state["kb_selected"] = created.name
+            # Chosen on the next run: the picker may already be on screen in this one.
+            st.session_state["kb_select_next"] = created.name
             st.rerun()
 
 
@@ -47,6 +48,8 @@ if not names:
     create_form("kb_first")
     st.stop()
 
+if st.session_state.get("kb_select_next") in names:
+    st.session_state["kb_selected"] = st.session_state.pop("kb_select_next")
 if st.session_state.get("kb_selected") not in names:
     st.session_state["kb_selected"] = names[0]
 pick, new, remove = st.columns([4, 1, 1], vertical_alignment="bottom")
@@ -55,11 +58,11 @@ with new.popover("New", icon=":material/add:", width="stretch"):
     create_form("kb_new")
 with remove.popover("Delete", icon=":material/delete:", width="stretch"):
     st.warning(f"This deletes '{selected}' with all its documents and passages.")
-    sure = st.checkbox(f"Yes, delete '{selected}'", key="kb_delete_confirm")
+    # The confirmation belongs to this knowledge base: ticking it never carries over to another.
+    sure = st.checkbox(f"Yes, delete '{selected}'", key=f"kb_delete_confirm_{selected}")
     if st.button("Delete knowledge base", key="kb_delete", disabled=not sure, type="primary"):
         store.delete(selected)
         st.session_state.pop("kb_selected", None)
-        st.session_state["kb_delete_confirm"] = False
         st.toast(f"Deleted the knowledge base '{selected}'.", icon=":material/delete:")
         st.rerun()
 
@@ -148,7 +151,7 @@ else:
             {
                 "Name": d.name,
                 "Type": FILE_TYPES[d.file_type],
-                "Pages": str(d.pages) if d.file_type == "pdf" else "–",
+                "Pages": str(d.pages) if d.file_type == "pdf" else "",
                 "Passages": d.passages,
                 "Size (KB)": round(d.size_bytes / 1024, 1),
                 "Added": datetime.fromtimestamp(d.added).strftime("%Y-%m-%d %H:%M"),

@@ -47,3 +47,10 @@ def fake_model(monkeypatch: pytest.MonkeyPatch, studio_env: Path) -> FakeChatMod
     fake = FakeChatModel(["The capital of France is Paris.", "Berlin is the capital of Germany."])
     monkeypatch.setattr(common, "build_chat_model", lambda settings: fake)
     return fake
+
+
+@pytest.fixture
+def fake_search(monkeypatch: pytest.MonkeyPatch, studio_env: Path, fake_embeddings):
+    """The knowledge base page with deterministic fake embeddings instead of MiniLM."""
+    monkeypatch.setattr(common.models, "load_embeddings", lambda settings: fake_embeddings)
+    return fake_embeddings
