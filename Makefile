@@ -44,6 +44,7 @@ test: install browser lint
 
 bench: install
 	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/ingest.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-artifacts

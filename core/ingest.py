@@ -78,6 +78,7 @@ class _Prepared:
 
     upload: UploadedFile
     name: str
+    chunking: ChunkSettings
     file_type: str = ""
     content_hash: str = ""
     pages: int = 0
@@ -213,9 +214,11 @@ def doc_id_for(name: str, content_hash: str) -> str:
     return hashlib.sha256(f"{name}\0{content_hash}".encode()).hexdigest()[:32]
 
 
-def _prepare(kb: KnowledgeBase, upload: UploadedFile, chunking: ChunkSettings) -> _Prepared:
+def _prepare(
+    kb: KnowledgeBase, upload: UploadedFile, chunking: ChunkSettings, reread: bool = False
+) -> _Prepared:
     name = display_name(upload.name)
-    prepared = _Prepared(upload, name)
+    prepared = _Prepared(upload, name, chunking)
     settings = kb.settings
     try:
         prepared.file_type = file_type_of(name)
@@ -228,6 +231,8 @@ def _prepare(kb: KnowledgeBase, upload: UploadedFile, chunking: ChunkSettings) -
         if not upload.data.strip():
             raise DocumentError("The file is empty.")
         prepared.content_hash = hashlib.sha256(upload.data).hexdigest()
+        if not reread and kb.catalog.find(content_hash=prepared.content_hash):
+            return prepared  # already in: no need to read it again (`_add_one` says so)
         with tempfile.TemporaryDirectory() as scratch:
             # Parse a private copy under a name we made: the uploaded name is never a path.
             path = Path(scratch) / f"upload.{prepared.file_type}"
@@ -332,6 +337,11 @@ def _add_one(
         return
     complete = [d for d in kb.documents() if d.status == "complete"]
     same = [d for d in complete if d.content_hash == prepared.content_hash]
+    if not same and not prepared.chunks:  # a duplicate when read, whose twin has gone since
+        prepared = _prepare(kb, prepared.upload, prepared.chunking, reread=True)
+        if prepared.error:
+            yield IngestEvent(name, "failed", prepared.error, done + share)
+            return
     if same:
         where = "" if same[0].name == name else f" as '{same[0].name}'"
         yield IngestEvent(
