@@ -46,10 +46,16 @@ st.caption(
 
 st.subheader("Start here")
 st.markdown(
-    "Chat with the base model first: ask it about your field and see what it knows, and what it "
-    "invents, before you give it anything."
+    "1. **Chat** with the base model: ask it about your field and see what it knows, and what "
+    "it invents, before you give it anything.\n"
+    "2. Build a **knowledge base**: drop your documents in and check that a search finds the "
+    "right passages, with file and page."
 )
-st.page_link("views/chat.py", label="Chat with the base model", icon=":material/chat:")
+first, second = st.columns(2)
+first.page_link("views/chat.py", label="Chat with the base model", icon=":material/chat:")
+second.page_link(
+    "views/knowledge.py", label="Build a knowledge base", icon=":material/library_books:"
+)
 
 st.subheader("This installation")
 base, embedding = st.columns(2, border=True)
@@ -70,4 +76,13 @@ with embedding:
         st.markdown(f"{source.display_name}  \n:gray[{source.note}]")
     except StudioError as error:
         st.error(str(error), icon=":material/error:")
+knowledge_bases = [
+    folder for folder in settings.knowledge_dir.glob("kb-*") if (folder / "catalog.sqlite").exists()
+]
+where = (
+    f"a Chroma server at {settings.chroma_host}:{settings.chroma_port}"
+    if settings.chroma_host
+    else "this machine"
+)
+st.markdown(f"**Knowledge bases:** {len(knowledge_bases)}, stored on {where}.")
 st.caption(f"Your data is kept in `{settings.data_dir.resolve()}`.")

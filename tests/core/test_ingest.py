@@ -282,3 +282,53 @@ def test_decode_text_prefers_boms_then_utf8() -> None:
     assert decode_text("naïve".encode()) == "naïve"
     assert decode_text("naïve".encode("utf-16-be").join([b"\xfe\xff", b""])) == "naïve"
     assert decode_text("\ufeffhi".encode()) == "hi"
+
+
+KILLED_WRITER = """
+import sys, time
+from langchain_core.embeddings import DeterministicFakeEmbedding
+from core import ingest as ingest_module
+from core.ingest import ChunkSettings, UploadedFile, ingest
+from core.knowledge import KnowledgeStore
+from core.settings import Settings
+
+class Slow(DeterministicFakeEmbedding):
+    def embed_documents(self, texts):
+        time.sleep(0.3)
+        return super().embed_documents(texts)
+
+ingest_module._BATCH = 4
+settings = Settings(_env_file=None, data_dir=sys.argv[1])
+kb = KnowledgeStore(settings, Slow(size=32)).open("Killed")
+text = " ".join(f"Sentence number {i} of the long document." for i in range(400))
+for event in ingest(kb, [UploadedFile("long.txt", text.encode())], ChunkSettings(200, 20)):
+    if event.status == "progress" and "Embedding" in event.message:
+        print("STORED", flush=True)
+"""
+
+
+def test_a_writer_killed_with_sigkill_mid_document_is_redone(knowledge, settings) -> None:
+    import sys
+    from pathlib import Path
+
+    kb = knowledge.create("Killed")
+    writer = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, str(settings.data_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert writer.stdout is not None
+    assert writer.stdout.readline().strip() == "STORED"  # some passages are in, not all
+    writer.kill()
+    writer.wait(timeout=10)
+    [half] = kb.documents()
+    assert half.status == "pending" and 0 < kb.passage_count() < half.passages
+    from core.retrieve import search
+
+    assert search(kb, "Sentence number 3").passages == []  # a half document is never searched
+
+    [event] = recover(kb, SMALL)
+    assert event.status == "redone"
+    [whole] = kb.documents()
+    assert whole.status == "complete" and kb.passage_count() == whole.passages
