@@ -12,8 +12,8 @@ from tests.documents import docx_bytes, pdf_bytes
 pytestmark = pytest.mark.slow
 
 
-def test_real_embeddings_find_paraphrased_questions_on_the_right_page(real_data_dir) -> None:
-    settings = Settings(_env_file=None, data_dir=real_data_dir)
+def test_real_embeddings_find_paraphrased_questions_on_the_right_page(tmp_path) -> None:
+    settings = Settings(_env_file=None, data_dir=tmp_path)
     embeddings = models.load_embeddings(settings)
     assert len(embeddings.embed_query("hello")) == 384
     kb = KnowledgeStore(settings, embeddings).create("Integration")
