@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from core.errors import DocumentError
-from core.knowledge import DocumentRecord, KnowledgeBase, _process_alive, this_process
+from core.knowledge import DocumentRecord, KnowledgeBase, process_alive, this_process
 from core.settings import Settings
 
 FILE_TYPES = {"pdf": "PDF", "txt": "Text", "md": "Markdown", "docx": "Word", "html": "HTML"}
@@ -231,7 +230,7 @@ def _prepare(
         if not upload.data.strip():
             raise DocumentError("The file is empty.")
         prepared.content_hash = hashlib.sha256(upload.data).hexdigest()
-        if not reread and kb.catalog.find(content_hash=prepared.content_hash):
+        if not reread and kb.catalog.with_content(prepared.content_hash):
             return prepared  # already in: no need to read it again (`_add_one` says so)
         with tempfile.TemporaryDirectory() as scratch:
             # Parse a private copy under a name we made: the uploaded name is never a path.
@@ -391,7 +390,7 @@ def recover(kb: KnowledgeBase, chunking: ChunkSettings) -> list[IngestEvent]:
         with _active_lock:
             if record.doc_id in _active:
                 continue
-        if record.owner != this_process() and _process_alive(record.owner):
+        if record.owner != this_process() and process_alive(record.owner):
             continue
         kb.delete_passages(record.doc_id)
         kb.catalog.remove(record.doc_id)
@@ -415,8 +414,3 @@ def recover(kb: KnowledgeBase, chunking: ChunkSettings) -> list[IngestEvent]:
             )
         events.append(last)
     return events
-
-
-def markdown_escape(text: str) -> str:
-    """Show document text literally in Markdown: no formatting, links or HTML from it."""
-    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$])", r"\\\1", text)

@@ -61,7 +61,8 @@ def this_process() -> str:
     return f"{os.uname().nodename}:{os.getpid()}"
 
 
-def _process_alive(owner: str) -> bool:
+def process_alive(owner: str) -> bool:
+    """Whether the process that wrote `owner` (host:pid) may still be running."""
     host, _, pid = owner.rpartition(":")
     if host != os.uname().nodename:
         return True  # another machine's writer: we cannot tell, so we leave it alone
@@ -155,15 +156,9 @@ class Catalog:
         records = [DocumentRecord(*row) for row in rows]
         return [r for r in records if status is None or r.status == status]
 
-    def find(
-        self, *, name: str | None = None, content_hash: str | None = None
-    ) -> list[DocumentRecord]:
-        return [
-            d
-            for d in self.documents()
-            if (name is None or d.name == name)
-            and (content_hash is None or d.content_hash == content_hash)
-        ]
+    def with_content(self, content_hash: str) -> list[DocumentRecord]:
+        """Documents (complete or pending) whose file has exactly this content."""
+        return [d for d in self.documents() if d.content_hash == content_hash]
 
     def add_pending(self, record: DocumentRecord) -> None:
         with self._connect() as db:
@@ -245,9 +240,19 @@ class KnowledgeBase:
         record = matches[0]
         self.delete_passages(doc_id)
         self.catalog.remove(doc_id)
-        if not self.catalog.find(content_hash=record.content_hash):
+        if not self.catalog.with_content(record.content_hash):
             self.original_path(record).unlink(missing_ok=True)
         return record
+
+
+def knowledge_base_names(settings: Settings) -> list[str]:
+    """Names of all knowledge bases, read from their catalogs; no model or Chroma needed."""
+    found = []
+    for catalog in settings.knowledge_dir.glob("kb-*/catalog.sqlite"):
+        name = Catalog(catalog).get_meta().get("name")
+        if name:
+            found.append(name)
+    return sorted(found, key=str.casefold)
 
 
 def validate_name(name: str) -> str:
@@ -270,13 +275,7 @@ class KnowledgeStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def names(self) -> list[str]:
-        found = []
-        for folder in sorted(self.root.glob("kb-*")):
-            if (folder / "catalog.sqlite").exists():
-                name = Catalog(folder / "catalog.sqlite").get_meta().get("name")
-                if name:
-                    found.append(name)
-        return sorted(found, key=str.casefold)
+        return knowledge_base_names(self.settings)
 
     def _folder(self, name: str) -> Path:
         return self.root / slug(name)
@@ -315,6 +314,8 @@ class KnowledgeStore:
         folder = self._folder(name)
         if not (folder / "catalog.sqlite").exists():
             raise KnowledgeBaseError(f"There is no knowledge base called '{name}'.")
-        with contextlib.suppress(ValueError, Exception):  # a missing collection is fine
+        from chromadb.errors import NotFoundError
+
+        with contextlib.suppress(NotFoundError):  # no passages were ever added: nothing to drop
             client_for(self.settings).delete_collection(folder.name)
         shutil.rmtree(folder)

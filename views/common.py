@@ -6,6 +6,7 @@ Not a page itself: app.py lists the pages (views/*.py) explicitly.
 from __future__ import annotations
 
 import math
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -150,6 +151,11 @@ def knowledge_store(settings: Settings) -> KnowledgeStore:
     except StudioError as error:
         st.error(str(error), icon=":material/error:")
         st.stop()
+
+
+def markdown_escape(text: str) -> str:
+    """Show document text or file names literally: no formatting, links or HTML from them."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$])", r"\\\1", text)
 
 
 def sampling_params() -> SamplingParams:

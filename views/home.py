@@ -4,6 +4,7 @@ import streamlit as st
 
 from core import models
 from core.errors import StudioError
+from core.knowledge import knowledge_base_names
 from views import common
 
 settings = common.get_settings()
@@ -76,9 +77,7 @@ with embedding:
         st.markdown(f"{source.display_name}  \n:gray[{source.note}]")
     except StudioError as error:
         st.error(str(error), icon=":material/error:")
-knowledge_bases = [
-    folder for folder in settings.knowledge_dir.glob("kb-*") if (folder / "catalog.sqlite").exists()
-]
+knowledge_bases = knowledge_base_names(settings)
 where = (
     f"a Chroma server at {settings.chroma_host}:{settings.chroma_port}"
     if settings.chroma_host

@@ -5,9 +5,10 @@ from datetime import datetime
 import streamlit as st
 
 from core.errors import StudioError
-from core.ingest import FILE_TYPES, ChunkSettings, UploadedFile, ingest, markdown_escape, recover
+from core.ingest import FILE_TYPES, ChunkSettings, UploadedFile, ingest, recover
 from core.retrieve import search
 from views import common
+from views.common import markdown_escape
 
 ICONS = {
     "added": ":material/check_circle:",

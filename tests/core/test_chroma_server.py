@@ -13,6 +13,7 @@ from core.ingest import ChunkSettings, UploadedFile, ingest
 from core.knowledge import KnowledgeStore
 from core.retrieve import search
 from tests.documents import pdf_bytes
+from tests.ports import free_port
 
 FILES = [
     UploadedFile("handbook.pdf", pdf_bytes(["Welcome.", "The code is BLUE-HARBOR-42.", "Bye."])),
@@ -21,15 +22,9 @@ FILES = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def chroma_server(tmp_path_factory: pytest.TempPathFactory):
-    port = _free_port()
+    port = free_port()
     chroma = Path(sys.executable).with_name("chroma")
     process = subprocess.Popen(
         [
@@ -91,6 +86,6 @@ def test_server_mode_matches_embedded_mode(
 def test_a_server_that_is_down_gives_a_plain_message(settings, fake_embeddings) -> None:
     from core.errors import KnowledgeBaseError
 
-    down = settings.model_copy(update={"chroma_host": "127.0.0.1", "chroma_port": _free_port()})
+    down = settings.model_copy(update={"chroma_host": "127.0.0.1", "chroma_port": free_port()})
     with pytest.raises(KnowledgeBaseError, match="does not answer"):
         KnowledgeStore(down, fake_embeddings).create("Nowhere")

@@ -1,0 +1,9 @@
+"""A free TCP port on the loopback interface, for servers the tests start."""
+
+import socket
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
