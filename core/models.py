@@ -8,6 +8,7 @@ A model is named in settings in one of three ways:
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -349,6 +350,25 @@ def _load_chat_model(settings: Settings, progress: Progress | None) -> LoadedMod
     report(1.0, "Model ready")
     name = describe_model(settings.base_model, settings).display_name
     return LoadedModel(model, tokenizer, name, device, time.perf_counter() - start)
+
+
+def load_tokenizer(settings: Settings) -> Any:
+    """The base model's tokenizer alone (for dataset statistics): fast, no weights loaded."""
+    return _tokenizer(str(prepare_model(settings.base_model, settings)), settings.trust_remote_code)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(folder: str, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(
+            folder, local_files_only=True, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelNotAvailableError(
+            f"The tokenizer in '{folder}' could not be loaded: {_first_line(error)}"
+        ) from error
 
 
 def load_embeddings(settings: Settings) -> Any:

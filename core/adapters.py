@@ -1,0 +1,167 @@
+"""Finished adapters: list, rename, delete, download as a zip, and load one to chat with.
+
+An adapter is the `adapter/` folder of a completed run (core.runs): PEFT's
+`adapter_model.safetensors` and `adapter_config.json`, and our `studio.json` metadata.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core import compute, runs
+from core.errors import InvalidInputError, ModelNotAvailableError
+from core.jobs import read, runs_dir
+from core.models import LoadedModel, load_chat_model
+from core.settings import Settings
+
+WEIGHTS_FILE = "adapter_model.safetensors"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+
+
+@dataclass
+class AdapterInfo:
+    run_id: str
+    folder: Path
+    name: str
+    base_model: str
+    compatible: bool  # trained on the base model the studio uses now
+    dataset_name: str
+    preset: str
+    settings: dict[str, Any]
+    final_train_loss: float | None
+    final_eval_loss: float | None
+    duration_s: float
+    created: float
+    size_bytes: int
+    train_loss: list[list[float]] = field(default_factory=list)
+    eval_loss: list[list[float]] = field(default_factory=list)
+
+    @property
+    def incompatibility(self) -> str:
+        return (
+            ""
+            if self.compatible
+            else f"Trained on '{self.base_model}', not on the model the studio uses now: it "
+            "cannot be used with it."
+        )
+
+
+def _info(settings: Settings, run_dir: Path) -> AdapterInfo | None:
+    folder = run_dir / runs.ADAPTER_DIR
+    try:
+        meta = json.loads((folder / runs.METADATA_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not (folder / WEIGHTS_FILE).exists():
+        return None
+    return AdapterInfo(
+        run_id=run_dir.name,
+        folder=folder,
+        name=str(meta.get("name") or run_dir.name),
+        base_model=str(meta.get("base_model", "")),
+        compatible=meta.get("base_model") == settings.base_model,
+        dataset_name=str(meta.get("dataset_name", "")),
+        preset=str(meta.get("preset", "")),
+        settings=dict(meta.get("settings") or {}),
+        final_train_loss=meta.get("final_train_loss"),
+        final_eval_loss=meta.get("final_eval_loss"),
+        duration_s=float(meta.get("duration_s") or 0),
+        created=float(meta.get("created") or 0),
+        size_bytes=sum(p.stat().st_size for p in folder.iterdir() if p.is_file()),
+        train_loss=list(meta.get("train_loss") or []),
+        eval_loss=list(meta.get("eval_loss") or []),
+    )
+
+
+def list_adapters(settings: Settings) -> list[AdapterInfo]:
+    """Every finished adapter, newest first; those for the current base model first of all."""
+    folder = runs_dir(settings)
+    if not folder.is_dir():
+        return []
+    found = [info for p in folder.iterdir() if (info := _info(settings, p)) is not None]
+    return sorted(found, key=lambda a: (not a.compatible, -a.created))
+
+
+def get(settings: Settings, run_id: str) -> AdapterInfo:
+    info = _info(settings, runs_dir(settings) / run_id) if _safe_id(run_id) else None
+    if info is None:
+        raise InvalidInputError(f"There is no adapter '{run_id}'.")
+    return info
+
+
+def _safe_id(run_id: str) -> bool:
+    return bool(run_id) and "/" not in run_id and "\\" not in run_id and not run_id.startswith(".")
+
+
+def rename(settings: Settings, run_id: str, new_name: str) -> AdapterInfo:
+    name = " ".join(new_name.split())
+    if not name:
+        raise InvalidInputError("Give the adapter a name.")
+    if len(name) > 80:
+        raise InvalidInputError("Keep the name under 80 characters.")
+    info = get(settings, run_id)
+    path = info.folder / runs.METADATA_FILE
+    meta = json.loads(path.read_text())
+    meta["name"] = name
+    runs.atomic_write_json(path, meta)
+    return get(settings, run_id)
+
+
+def delete(settings: Settings, run_id: str) -> None:
+    """Delete the adapter with its run."""
+    info = get(settings, run_id)
+    if read(info.folder.parent).active:
+        raise InvalidInputError("This run is still training: cancel it first.")
+    shutil.rmtree(info.folder.parent)
+
+
+def zip_bytes(settings: Settings, run_id: str) -> bytes:
+    """The adapter as a zip: the files PEFT loads (`PeftModel.from_pretrained(base, folder)`),
+    our metadata, and nothing else."""
+    info = get(settings, run_id)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name in (WEIGHTS_FILE, ADAPTER_CONFIG_FILE, runs.METADATA_FILE):
+            archive.write(info.folder / name, arcname=name)
+    return buffer.getvalue()
+
+
+def load_tuned_model(settings: Settings, run_id: str) -> LoadedModel:
+    """The base model with the adapter merged into its weights, ready to chat (torch thread)."""
+    info = get(settings, run_id)
+    if not info.compatible:
+        raise ModelNotAvailableError(info.incompatibility)
+    base = load_chat_model(settings)
+    return compute.call(_merge, base, info)
+
+
+def _merge(base: LoadedModel, info: AdapterInfo) -> LoadedModel:
+    from peft import PeftModel
+
+    start = time.perf_counter()
+    try:
+        # Weights from safetensors only: PEFT would fall back to a pickled .bin file otherwise.
+        if not (info.folder / WEIGHTS_FILE).is_file():
+            raise FileNotFoundError(WEIGHTS_FILE)
+        tuned = PeftModel.from_pretrained(base.model, str(info.folder), is_trainable=False)
+        merged = tuned.merge_and_unload()
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise ModelNotAvailableError(
+            f"The adapter '{info.name}' could not be loaded: its files are missing or damaged "
+            f"({error.__class__.__name__}). Train it again or delete it."
+        ) from error
+    merged.eval()
+    return LoadedModel(
+        merged,
+        base.tokenizer,
+        info.name,
+        base.device,
+        base.load_seconds + time.perf_counter() - start,
+    )

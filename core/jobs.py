@@ -1,0 +1,324 @@
+"""Training jobs: start the worker process, watch it, cancel or resume it; one run at a time.
+
+Everything is read back from the run folders (core.runs), so a restarted app finds a running job
+again, and a worker that died (killed, machine restarted) is seen as interrupted: its process is
+gone or its heartbeat stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from core import runs
+from core.datasets import Dataset
+from core.errors import InvalidInputError
+from core.models import load_tokenizer, prepare_model, resolve_device, resolve_dtype
+from core.settings import Settings
+from core.train import TrainConfig, preflight, prepare_examples
+
+ACTIVE_STATES = ("starting", "loading", "training", "cancelling", "saving")
+FINAL_STATES = ("completed", "failed", "cancelled", "interrupted")
+STALE_AFTER_S = 60.0  # five missed heartbeats
+_ROOT = Path(__file__).resolve().parents[1]
+_children: dict[int, subprocess.Popen] = {}  # workers this process started, to reap them
+
+
+class JobBusyError(InvalidInputError):
+    """A training run is already in progress."""
+
+
+@dataclass
+class RunStatus:
+    """One run as the page shows it, read from its folder."""
+
+    run_id: str
+    folder: Path
+    name: str
+    state: str
+    message: str = ""
+    step: int = 0
+    total_steps: int = 0
+    epoch: float = 0.0
+    total_epochs: float = 0.0
+    tokens_per_s: float | None = None
+    eta_s: float | None = None
+    started: float | None = None
+    finished: float | None = None
+    train_loss: list[list[float]] = field(default_factory=list)
+    eval_loss: list[list[float]] = field(default_factory=list)
+    error: str | None = None
+    can_resume: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    @property
+    def fraction(self) -> float:
+        if self.state == "completed":
+            return 1.0
+        return min(self.step / self.total_steps, 1.0) if self.total_steps else 0.0
+
+    @property
+    def elapsed_s(self) -> float:
+        if self.started is None:
+            return 0.0
+        return (self.finished or time.time()) - self.started
+
+
+def runs_dir(settings: Settings) -> Path:
+    return settings.data_dir / "runs"
+
+
+def _alive(pid: int | None, host: str | None) -> bool:
+    """Whether the worker process still runs (a zombie, dead but not yet reaped, does not)."""
+    if not pid:
+        return False
+    if host and host != os.uname().nodename:
+        return True  # another machine's worker: only its heartbeat can tell
+    child = _children.get(pid)
+    if child is not None:
+        return child.poll() is None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def read(run_dir: Path) -> RunStatus:
+    """The run's status; a run whose worker is gone or silent is reported as interrupted."""
+    data = runs.read_status(run_dir)
+    try:
+        spec = runs.RunSpec.load(run_dir)
+        name = spec.name
+    except (OSError, ValueError, TypeError, KeyError):
+        name = run_dir.name
+    state = str(data.get("state", "starting"))
+    message = str(data.get("message", ""))
+    if state in ACTIVE_STATES:
+        silent = time.time() - float(data.get("heartbeat") or 0) > STALE_AFTER_S
+        if not _alive(data.get("pid"), data.get("host")) or silent:
+            state = "interrupted"
+            message = "Interrupted: the training process stopped before the end."
+    interrupted = state in ("interrupted", "failed")
+    return RunStatus(
+        run_id=run_dir.name,
+        folder=run_dir,
+        name=name,
+        state=state,
+        message=message,
+        step=int(data.get("step") or 0),
+        total_steps=int(data.get("total_steps") or 0),
+        epoch=float(data.get("epoch") or 0),
+        total_epochs=float(data.get("total_epochs") or 0),
+        tokens_per_s=data.get("tokens_per_s"),
+        eta_s=data.get("eta_s"),
+        started=data.get("started"),
+        finished=data.get("finished"),
+        train_loss=list(data.get("train_loss") or []),
+        eval_loss=list(data.get("eval_loss") or []),
+        error=data.get("error"),
+        can_resume=interrupted and bool(runs.complete_checkpoints(run_dir)),
+    )
+
+
+def all_runs(settings: Settings) -> list[RunStatus]:
+    """Every run, newest first."""
+    folder = runs_dir(settings)
+    if not folder.is_dir():
+        return []
+    found = [read(p) for p in folder.iterdir() if (p / runs.CONFIG_FILE).exists()]
+    return sorted(found, key=lambda r: r.run_id, reverse=True)
+
+
+def active_run(settings: Settings) -> RunStatus | None:
+    return next((r for r in all_runs(settings) if r.active), None)
+
+
+def latest_run(settings: Settings) -> RunStatus | None:
+    found = all_runs(settings)
+    return found[0] if found else None
+
+
+def start(
+    settings: Settings,
+    dataset: Dataset,
+    config: TrainConfig,
+    *,
+    name: str,
+    preset: str,
+    system_prompt: str,
+) -> RunStatus:
+    """Write a new run folder and start its worker. Refused while another run is in progress."""
+    config.validate()
+    if not dataset.valid:
+        raise InvalidInputError("The dataset has problems: fix them before training.")
+    model_path = prepare_model(settings.base_model, settings)
+    examples = prepare_examples(
+        dataset.examples, load_tokenizer(settings), config.max_length, system_prompt
+    )
+    blockers = preflight(examples, config).blockers
+    if blockers:
+        raise InvalidInputError(blockers[0])
+    device = resolve_device(settings.device)
+    dtype = str(resolve_dtype(settings.dtype, device)).removeprefix("torch.")
+    folder = runs_dir(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder / ".start.lock")):
+        busy = active_run(settings)
+        if busy is not None:
+            raise JobBusyError(
+                f"A training run is already in progress ('{busy.name}'). Wait for it to finish, "
+                "or cancel it, before starting another."
+            )
+        run_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+        run_dir = folder / run_id
+        run_dir.mkdir()
+        runs.RunSpec(
+            run_id=run_id,
+            name=name.strip() or f"{Path(dataset.name).stem} ({preset})",
+            base_model=settings.base_model,
+            model_path=str(model_path),
+            device=device,
+            dtype=dtype,
+            trust_remote_code=settings.trust_remote_code,
+            system_prompt=system_prompt,
+            dataset_name=dataset.name,
+            dataset_hash=dataset.content_hash,
+            dataset_shape=dataset.shape,
+            preset=preset,
+            config=config,
+        ).save(run_dir)
+        runs.write_dataset(run_dir, dataset)
+        _spawn(run_dir)
+    return read(run_dir)
+
+
+def resume(settings: Settings, run_id: str) -> RunStatus:
+    """Carry on an interrupted run from its last complete checkpoint."""
+    run_dir = _run_dir(settings, run_id)
+    with FileLock(str(runs_dir(settings) / ".start.lock")):
+        busy = active_run(settings)
+        if busy is not None:
+            raise JobBusyError(
+                f"A training run is already in progress ('{busy.name}'). Wait for it to finish, "
+                "or cancel it, before resuming another."
+            )
+        if not read(run_dir).can_resume:
+            raise InvalidInputError(
+                "This run has no complete checkpoint to resume from: start it again instead."
+            )
+        (run_dir / runs.CANCEL_FILE).unlink(missing_ok=True)
+        _spawn(run_dir, "--resume")
+    return read(run_dir)
+
+
+def _spawn(run_dir: Path, *flags: str) -> None:
+    status = runs.read_status(run_dir)
+    runs.atomic_write_json(
+        run_dir / runs.STATUS_FILE,
+        {
+            **status,
+            "run_id": run_dir.name,
+            "state": "starting",
+            "message": "Starting",
+            "heartbeat": time.time(),
+            "started": status.get("started") or time.time(),
+            "host": os.uname().nodename,
+        },
+    )
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    with (run_dir / runs.LOG_FILE).open("a") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "core.trainer", str(run_dir), *flags],
+            cwd=_ROOT,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # a restart of the app does not take the run down with it
+        )
+    _children[process.pid] = process
+    status = runs.read_status(run_dir)
+    # The worker writes its own pid when it starts; until then the watcher needs this one.
+    if status.get("state") == "starting":
+        status["pid"] = process.pid
+        runs.atomic_write_json(run_dir / runs.STATUS_FILE, status)
+
+
+def cancel(settings: Settings, run_id: str) -> None:
+    """Ask the worker to stop after its current step; no adapter is kept."""
+    run_dir = _run_dir(settings, run_id)
+    (run_dir / runs.CANCEL_FILE).write_text(str(time.time()))
+
+
+def delete_run(settings: Settings, run_id: str) -> None:
+    import shutil
+
+    run_dir = _run_dir(settings, run_id)
+    if read(run_dir).active:
+        raise InvalidInputError("This run is still training: cancel it first.")
+    shutil.rmtree(run_dir)
+
+
+def _run_dir(settings: Settings, run_id: str) -> Path:
+    folder = runs_dir(settings) / run_id
+    if "/" in run_id or run_id.startswith(".") or not (folder / runs.CONFIG_FILE).exists():
+        raise InvalidInputError(f"There is no training run '{run_id}'.")
+    return folder
+
+
+def measure_speed(settings: Settings, timeout_s: float = 180) -> float:
+    """Training tokens per second on this machine, measured once per model, device and number
+    format by a short probe in a separate process, and remembered in the data folder."""
+    model_path = prepare_model(settings.base_model, settings)
+    device = resolve_device(settings.device)
+    dtype = str(resolve_dtype(settings.dtype, device)).removeprefix("torch.")
+    cache = runs_dir(settings) / "speed.json"
+    key = f"{settings.base_model}|{device}|{dtype}"
+    known: dict[str, Any] = {}
+    if cache.exists():
+        try:
+            known = json.loads(cache.read_text())
+        except ValueError:
+            known = {}
+    if key in known:
+        return float(known[key])
+    trust = "1" if settings.trust_remote_code else "0"
+    command = [sys.executable, "-m", "core.trainer", "--probe", str(model_path), dtype, device]
+    try:
+        finished = subprocess.run(
+            [*command, trust],
+            cwd=_ROOT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=True,
+        )
+        speed = float(json.loads(finished.stdout.strip().splitlines()[-1])["tokens_per_s"])
+    except (subprocess.SubprocessError, ValueError, IndexError, KeyError) as error:
+        raise InvalidInputError(
+            "Could not measure the training speed of this machine, so there is no estimate of "
+            "the duration. Training itself may still work."
+        ) from error
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    runs.atomic_write_json(cache, {**known, key: speed})
+    return speed

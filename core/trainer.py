@@ -1,0 +1,400 @@
+"""The training worker: `python -m core.trainer RUN_DIR [--resume]`, one process per run.
+
+It reads the run folder (core.runs), trains a LoRA adapter with transformers' Trainer and PEFT,
+and reports through `status.json`. It never runs inside the app's process.
+
+Why it is faster than a plain Trainer + PEFT recipe (measured in bench/train.py):
+- batches of examples of similar length (length grouping) with per-batch padding: almost no
+  padding tokens are computed;
+- the vocabulary projection and the loss run on the answer tokens only, the only ones that count;
+- on CPUs with native bfloat16 (and on GPUs) the frozen base weights are bfloat16 and the matrix
+  products run in bfloat16 (autocast), while the LoRA weights and their optimizer stay float32;
+- eager attention on CPU: PyTorch's CPU flash kernel is slower for rows of a few hundred tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, get_peft_model
+from peft.helpers import disable_input_dtype_casting
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DataCollatorForSeq2Seq,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+
+from core import runs
+from core.errors import InvalidInputError
+from core.train import (
+    Example,
+    TrainConfig,
+    eval_steps,
+    preflight,
+    prepare_examples,
+    split,
+    total_steps,
+)
+
+OOM_HINT = (
+    "Training ran out of memory. Choose a smaller batch size or a shorter maximum length in "
+    "Advanced, then start again."
+)
+
+
+def _log(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
+
+
+def run(run_dir: Path, resume: bool = False) -> str:
+    """Train the run in `run_dir` to its end and return the final state. The user's mistakes and
+    running out of memory end as a failed run with a plain message, never as a traceback."""
+    spec = runs.RunSpec.load(run_dir)
+    previous = runs.read_status(run_dir)
+    status = runs.StatusWriter(
+        run_dir,
+        {
+            **previous,
+            "run_id": spec.run_id,
+            "state": "loading",
+            "message": "Loading the model",
+            "pid": os.getpid(),
+            "host": os.uname().nodename,
+            "started": previous.get("started") if resume else time.time(),
+            "error": None,
+        },
+    )
+    try:
+        state = _train(run_dir, spec, status, resume)
+    except (MemoryError, torch.OutOfMemoryError):
+        state = _fail(status, OOM_HINT)
+    except InvalidInputError as error:
+        state = _fail(status, str(error))
+    except Exception as error:  # the worker must always leave a final status
+        traceback.print_exc()
+        if "out of memory" in str(error).lower():
+            state = _fail(status, OOM_HINT)
+        else:
+            state = _fail(status, f"Training stopped with an error: {str(error)[:300]}")
+    finally:
+        status.close()
+    return state
+
+
+def _fail(status: runs.StatusWriter, message: str) -> str:
+    _log(message)
+    status.update(state="failed", message=message, error=message)
+    return "failed"
+
+
+def load_model(model_path: str, dtype: str, device: str, trust_remote_code: bool) -> Any:
+    return AutoModelForCausalLM.from_pretrained(
+        model_path,
+        dtype=torch.bfloat16 if dtype == "bfloat16" else torch.float32,
+        use_safetensors=True,
+        local_files_only=True,
+        trust_remote_code=trust_remote_code,
+        attn_implementation="eager" if device == "cpu" else "sdpa",
+    ).to(device)
+
+
+def with_lora(model: Any, config: TrainConfig) -> Any:
+    model.config.use_cache = False
+    return get_peft_model(
+        model,
+        LoraConfig(
+            r=config.rank,
+            lora_alpha=config.alpha,
+            lora_dropout=config.dropout,
+            target_modules=config.lora_targets(),
+            task_type="CAUSAL_LM",
+        ),
+    )
+
+
+def _train(run_dir: Path, spec: runs.RunSpec, status: runs.StatusWriter, resume: bool) -> str:
+    config = spec.config.validate()
+    set_seed(config.seed)
+    if (run_dir / runs.CANCEL_FILE).exists():
+        status.update(state="cancelled", message="Cancelled before training started")
+        return "cancelled"
+    tokenizer = AutoTokenizer.from_pretrained(
+        spec.model_path, local_files_only=True, trust_remote_code=spec.trust_remote_code
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    examples = prepare_examples(
+        runs.read_dataset(run_dir), tokenizer, config.max_length, spec.system_prompt
+    )
+    check = preflight(examples, config)
+    if check.blockers:
+        raise InvalidInputError(" ".join(check.blockers))
+    train_index, eval_index = split(len(examples), config.eval_fraction, config.seed)
+    train_rows = [_row(examples[i]) for i in train_index if examples[i].answer_tokens]
+    eval_rows = [_row(examples[i]) for i in eval_index if examples[i].answer_tokens]
+
+    bf16 = spec.dtype == "bfloat16"
+    model = with_lora(
+        load_model(spec.model_path, spec.dtype, spec.device, spec.trust_remote_code), config
+    )
+    steps = total_steps(len(train_rows), config)
+    every = eval_steps(steps)[0]
+    arguments = TrainingArguments(
+        output_dir=str(run_dir / runs.CHECKPOINTS_DIR),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        num_train_epochs=config.epochs,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, steps // 20),
+        train_sampling_strategy="group_by_length",
+        logging_steps=1,
+        eval_strategy="steps" if eval_rows else "no",
+        eval_steps=every,
+        save_strategy="steps",
+        save_steps=every,
+        save_total_limit=2,
+        prediction_loss_only=True,
+        bf16=bf16,
+        use_cpu=spec.device == "cpu",
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_pin_memory=spec.device != "cpu",
+        remove_unused_columns=False,
+    )
+    progress = Progress(run_dir, status, steps)
+    trainer = AnswerOnlyTrainer(
+        model=model,
+        args=arguments,
+        train_dataset=train_rows,
+        eval_dataset=eval_rows or None,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+        processing_class=tokenizer,
+        callbacks=[progress],
+    )
+    trainer.counter = progress
+    checkpoint = None
+    if resume:
+        complete = runs.complete_checkpoints(run_dir)
+        if not complete:
+            raise InvalidInputError("There is no complete checkpoint to resume this run from.")
+        checkpoint = str(complete[-1])
+        progress.trim_history(int(checkpoint.rsplit("-", 1)[-1]))
+        _log(f"resuming from {checkpoint}")
+    elif eval_rows:
+        status.update(state="training", message="Measuring the held-out loss before training")
+        trainer.evaluate()  # the starting point of the held-out curve (recorded by on_log)
+    status.update(
+        state="training",
+        message="Training",
+        total_steps=steps,
+        total_epochs=config.epochs,
+        train_rows=len(train_rows),
+        eval_rows=len(eval_rows),
+    )
+    _log(f"training on {len(train_rows)} examples: {steps} steps on {spec.device}, bf16 {bf16}")
+    started = time.time()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    if progress.cancelled:
+        status.update(state="cancelled", message="Cancelled: no adapter was kept")
+        return "cancelled"
+    status.update(state="saving", message="Saving the adapter")
+    _save_adapter(run_dir, spec, model, status, time.time() - started)
+    shutil.rmtree(run_dir / runs.CHECKPOINTS_DIR, ignore_errors=True)
+    status.update(state="completed", message="Finished", eta_s=0.0, finished=time.time())
+    _log("finished")
+    return "completed"
+
+
+def _row(example: Example) -> dict[str, list[int]]:
+    return {"input_ids": example.input_ids, "labels": example.labels}
+
+
+def _save_adapter(
+    run_dir: Path, spec: runs.RunSpec, model: Any, status: runs.StatusWriter, train_s: float
+) -> None:
+    """Write the adapter beside the run, then move it into place in one step: a kill during the
+    save leaves a `.partial` folder that nothing reads, never a damaged adapter."""
+    partial = run_dir / f"{runs.ADAPTER_DIR}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial, safe_serialization=True)
+    (partial / "README.md").unlink(missing_ok=True)  # PEFT's empty model card: noise here
+    data = status.data
+    train_loss, eval_loss = data.get("train_loss") or [], data.get("eval_loss") or []
+    metadata = {
+        "name": spec.name,
+        "run_id": spec.run_id,
+        "base_model": spec.base_model,
+        "dataset_name": spec.dataset_name,
+        "dataset_hash": spec.dataset_hash,
+        "dataset_shape": spec.dataset_shape,
+        "system_prompt": spec.system_prompt,
+        "preset": spec.preset,
+        "settings": asdict(spec.config),
+        "train_rows": data.get("train_rows"),
+        "eval_rows": data.get("eval_rows"),
+        "final_train_loss": train_loss[-1][1] if train_loss else None,
+        "final_eval_loss": eval_loss[-1][1] if eval_loss else None,
+        "train_loss": train_loss,
+        "eval_loss": eval_loss,
+        "duration_s": time.time() - float(data.get("started") or time.time()),
+        "train_seconds": train_s,
+        "created": time.time(),
+    }
+    runs.atomic_write_json(partial / runs.METADATA_FILE, metadata)
+    partial.replace(run_dir / runs.ADAPTER_DIR)
+
+
+class AnswerOnlyTrainer(Trainer):
+    """Computes the vocabulary projection and the loss for answer tokens only.
+
+    A plain causal-LM loss projects every position onto the whole vocabulary (49 k entries for
+    the default model) and then ignores the prompt positions; here they are never computed.
+    """
+
+    counter: Any = None
+
+    def compute_loss(
+        self,
+        model: Any,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        labels = inputs["labels"]
+        mask = inputs.get("attention_mask")
+        if self.counter is not None and model.training:
+            self.counter.tokens += int(mask.sum()) if mask is not None else labels.numel()
+        base = model.get_base_model()
+        if getattr(base.config, "final_logit_softcapping", None) is not None:
+            loss = model(**inputs).loss  # models with extra logit processing: the plain way
+        else:
+            # The Trainer's mixed precision wraps the model's forward, which this bypasses; and
+            # LoRA weights are float32: without the second context PEFT casts every activation.
+            with self.accelerator.autocast(), disable_input_dtype_casting(model):
+                hidden = base.get_decoder()(
+                    input_ids=inputs["input_ids"], attention_mask=mask
+                ).last_hidden_state
+            target = labels[:, 1:]
+            keep = target != -100
+            logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()
+            loss = torch.nn.functional.cross_entropy(logits, target[keep], reduction="sum")
+            count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
+            loss = loss / torch.as_tensor(count, device=loss.device).clamp(min=1)
+        return (loss, {"loss": loss}) if return_outputs else loss
+
+
+class Progress(TrainerCallback):
+    """Turns the Trainer's events into `status.json`, and stops the run when asked to."""
+
+    def __init__(self, run_dir: Path, status: runs.StatusWriter, steps: int) -> None:
+        self.run_dir = run_dir
+        self.status = status
+        self.steps = steps
+        self.cancelled = False
+        self.tokens = 0
+        self.train_loss: list[list[float]] = list(status.data.get("train_loss") or [])
+        self.eval_loss: list[list[float]] = list(status.data.get("eval_loss") or [])
+        self.tokens_before = int(status.data.get("tokens") or 0)
+        self.started = time.time()
+        self.tokens_at_start = 0
+        self.first_step: int | None = None
+
+    def trim_history(self, step: int) -> None:
+        """On resume: forget what happened after the checkpoint; it is done again."""
+        self.train_loss = [p for p in self.train_loss if p[0] <= step]
+        self.eval_loss = [p for p in self.eval_loss if p[0] <= step]
+        self.status.update(train_loss=self.train_loss, eval_loss=self.eval_loss)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        now = time.time()
+        if self.first_step is None:  # the first step warms up: speed is timed from its end
+            self.first_step, self.started, self.tokens_at_start = (
+                state.global_step,
+                now,
+                self.tokens,
+            )
+        done = state.global_step - self.first_step
+        elapsed = now - self.started
+        self.status.update(
+            step=state.global_step,
+            epoch=round(float(state.epoch or 0), 3),
+            tokens=self.tokens_before + self.tokens,
+            tokens_per_s=(self.tokens - self.tokens_at_start) / elapsed if done else None,
+            eta_s=(self.steps - state.global_step) * elapsed / done if done else None,
+        )
+        if (self.run_dir / runs.CANCEL_FILE).exists():
+            self.cancelled = True
+            control.should_training_stop = True
+            control.should_save = False
+            self.status.update(state="cancelling", message="Cancelling")
+
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any
+    ) -> None:
+        logs = logs or {}
+        if "loss" in logs:
+            self.train_loss.append([state.global_step, round(float(logs["loss"]), 4)])
+            self.status.update(train_loss=self.train_loss)
+        if "eval_loss" in logs:
+            self.eval_loss.append([state.global_step, round(float(logs["eval_loss"]), 4)])
+            self.status.update(eval_loss=self.eval_loss)
+            _log(f"step {state.global_step}: held-out loss {logs['eval_loss']:.4f}")
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            (folder / runs.COMPLETE_MARKER).write_text(str(time.time()))
+            self.status.update(checkpoint_step=state.global_step)
+
+
+def probe(model_path: str, dtype: str, device: str, trust_remote_code: bool = False) -> float:
+    """Training tokens per second on this machine, from a few steps on random tokens."""
+    torch.manual_seed(0)
+    model = with_lora(load_model(model_path, dtype, device, trust_remote_code), TrainConfig())
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    length = min(128, getattr(model.config, "max_position_embeddings", 128))
+    ids = torch.randint(0, model.config.vocab_size, (8, length), device=device)
+    timings = []
+    for _ in range(3):
+        start = time.perf_counter()
+        with (
+            torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=dtype == "bfloat16"),
+            disable_input_dtype_casting(model),
+        ):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        timings.append(time.perf_counter() - start)
+    return ids.numel() / min(timings[1:])
+
+
+def main(argv: list[str]) -> int:
+    if argv[1:2] == ["--probe"]:
+        model_path, dtype, device, trust = argv[2:6]
+        print(json.dumps({"tokens_per_s": probe(model_path, dtype, device, trust == "1")}))
+        return 0
+    run_dir = Path(next(a for a in argv[1:] if not a.startswith("--")))
+    state = run(run_dir, resume="--resume" in argv)
+    return 0 if state in ("completed", "cancelled") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
