@@ -144,6 +144,7 @@ def load_tuned_model(settings: Settings, run_id: str) -> LoadedModel:
 
 def _merge(base: LoadedModel, info: AdapterInfo) -> LoadedModel:
     from peft import PeftModel
+    from safetensors import SafetensorError
 
     start = time.perf_counter()
     try:
@@ -152,7 +153,7 @@ def _merge(base: LoadedModel, info: AdapterInfo) -> LoadedModel:
             raise FileNotFoundError(WEIGHTS_FILE)
         tuned = PeftModel.from_pretrained(base.model, str(info.folder), is_trainable=False)
         merged = tuned.merge_and_unload()
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
         raise ModelNotAvailableError(
             f"The adapter '{info.name}' could not be loaded: its files are missing or damaged "
             f"({error.__class__.__name__}). Train it again or delete it."

@@ -232,6 +232,9 @@ def parse_dataset(name: str, data: bytes, max_problems: int = 200) -> Dataset:
     if not rows:
         raise InvalidInputError("The file has no examples.")
     first = next((row for _, row in rows if isinstance(row, dict)), None)
+    if first is None and isinstance(rows[0][1], ValueError):  # no row could be read at all
+        problems = [str(Problem(n, str(row))) for n, row in rows[:3]]
+        raise InvalidInputError("No example could be read. " + " ".join(problems))
     shape = _detect(first) if first is not None else None
     if shape is None:
         fields = ", ".join(f"'{k}'" for k in (first or {})) or "none"

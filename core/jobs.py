@@ -157,16 +157,17 @@ def latest_run(settings: Settings) -> RunStatus | None:
     return found[0] if found else None
 
 
-def start(
+def create(
     settings: Settings,
     dataset: Dataset,
     config: TrainConfig,
     *,
-    name: str,
-    preset: str,
-    system_prompt: str,
-) -> RunStatus:
-    """Write a new run folder and start its worker. Refused while another run is in progress."""
+    name: str = "",
+    preset: str = "custom",
+    system_prompt: str = "",
+) -> Path:
+    """Check the data and write a new run folder, without starting it. Bad data is refused
+    here, before anything is written."""
     config.validate()
     if not dataset.valid:
         raise InvalidInputError("The dataset has problems: fix them before training.")
@@ -179,48 +180,63 @@ def start(
         raise InvalidInputError(blockers[0])
     device = resolve_device(settings.device)
     dtype = str(resolve_dtype(settings.dtype, device)).removeprefix("torch.")
+    run_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+    run_dir = runs_dir(settings) / run_id
+    run_dir.mkdir(parents=True)
+    runs.RunSpec(
+        run_id=run_id,
+        name=" ".join(name.split())[:80] or f"{Path(dataset.name).stem} ({preset})",
+        base_model=settings.base_model,
+        model_path=str(model_path),
+        device=device,
+        dtype=dtype,
+        trust_remote_code=settings.trust_remote_code,
+        system_prompt=system_prompt,
+        dataset_name=dataset.name,
+        dataset_hash=dataset.content_hash,
+        dataset_shape=dataset.shape,
+        preset=preset,
+        config=config,
+    ).save(run_dir)
+    runs.write_dataset(run_dir, dataset)
+    return run_dir
+
+
+def start(
+    settings: Settings,
+    dataset: Dataset,
+    config: TrainConfig,
+    *,
+    name: str = "",
+    preset: str = "custom",
+    system_prompt: str = "",
+) -> RunStatus:
+    """Write a new run and start its worker. Refused while another run is in progress."""
     folder = runs_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder / ".start.lock")):
-        busy = active_run(settings)
-        if busy is not None:
-            raise JobBusyError(
-                f"A training run is already in progress ('{busy.name}'). Wait for it to finish, "
-                "or cancel it, before starting another."
-            )
-        run_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
-        run_dir = folder / run_id
-        run_dir.mkdir()
-        runs.RunSpec(
-            run_id=run_id,
-            name=name.strip() or f"{Path(dataset.name).stem} ({preset})",
-            base_model=settings.base_model,
-            model_path=str(model_path),
-            device=device,
-            dtype=dtype,
-            trust_remote_code=settings.trust_remote_code,
-            system_prompt=system_prompt,
-            dataset_name=dataset.name,
-            dataset_hash=dataset.content_hash,
-            dataset_shape=dataset.shape,
-            preset=preset,
-            config=config,
-        ).save(run_dir)
-        runs.write_dataset(run_dir, dataset)
+        _refuse_if_busy(settings, "starting")
+        run_dir = create(
+            settings, dataset, config, name=name, preset=preset, system_prompt=system_prompt
+        )
         _spawn(run_dir)
     return read(run_dir)
+
+
+def _refuse_if_busy(settings: Settings, doing: str) -> None:
+    busy = active_run(settings)
+    if busy is not None:
+        raise JobBusyError(
+            f"A training run is already in progress ('{busy.name}'). Wait for it to finish, or "
+            f"cancel it, before {doing} another."
+        )
 
 
 def resume(settings: Settings, run_id: str) -> RunStatus:
     """Carry on an interrupted run from its last complete checkpoint."""
     run_dir = _run_dir(settings, run_id)
     with FileLock(str(runs_dir(settings) / ".start.lock")):
-        busy = active_run(settings)
-        if busy is not None:
-            raise JobBusyError(
-                f"A training run is already in progress ('{busy.name}'). Wait for it to finish, "
-                "or cancel it, before resuming another."
-            )
+        _refuse_if_busy(settings, "resuming")
         if not read(run_dir).can_resume:
             raise InvalidInputError(
                 "This run has no complete checkpoint to resume from: start it again instead."

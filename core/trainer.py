@@ -85,7 +85,7 @@ def run(run_dir: Path, resume: bool = False) -> str:
         state = _fail(status, str(error))
     except Exception as error:  # the worker must always leave a final status
         traceback.print_exc()
-        if "out of memory" in str(error).lower():
+        if any(words in str(error).lower() for words in ("out of memory", "not enough memory")):
             state = _fail(status, OOM_HINT)
         else:
             state = _fail(status, f"Training stopped with an error: {str(error)[:300]}")
@@ -194,6 +194,9 @@ def _train(run_dir: Path, spec: runs.RunSpec, status: runs.StatusWriter, resume:
         if not complete:
             raise InvalidInputError("There is no complete checkpoint to resume this run from.")
         checkpoint = str(complete[-1])
+        for folder in (run_dir / runs.CHECKPOINTS_DIR).glob("checkpoint-*"):
+            if folder not in complete:
+                shutil.rmtree(folder)  # a save the kill cut short
         progress.trim_history(int(checkpoint.rsplit("-", 1)[-1]))
         _log(f"resuming from {checkpoint}")
     elif eval_rows:

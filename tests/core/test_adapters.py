@@ -1,0 +1,88 @@
+"""Finished adapters: listing, renaming, deleting, zipping, compatibility, chatting with one."""
+
+import io
+import json
+import zipfile
+
+import pytest
+
+from core import adapters, jobs, runs, trainer
+from core.datasets import parse_dataset
+from core.errors import InvalidInputError, ModelNotAvailableError
+from core.generate import HFChatModel, SamplingParams
+from core.models import load_chat_model
+from core.train import TrainConfig
+from tests.training import alpaca_rows
+
+CONFIG = TrainConfig(batch_size=4, epochs=2, max_length=64, learning_rate=5e-3)
+
+
+def trained(settings, name: str) -> str:
+    """An adapter trained in this process (quick with the tiny model); its run id."""
+    data = parse_dataset("facts.jsonl", alpaca_rows(40))
+    run_dir = jobs.create(settings, data, CONFIG, name=name)
+    assert trainer.run(run_dir) == "completed"
+    return run_dir.name
+
+
+def test_adapters_are_listed_renamed_and_deleted(settings) -> None:
+    first, second = trained(settings, "First"), trained(settings, "Second")
+    listed = adapters.list_adapters(settings)
+    assert [a.name for a in listed] == ["Second", "First"]  # newest first
+    info = listed[0]
+    assert info.compatible and info.incompatibility == ""
+    assert info.train_loss and info.eval_loss and info.final_train_loss is not None
+    assert info.size_bytes > 0 and info.duration_s > 0 and info.dataset_name == "facts.jsonl"
+
+    assert adapters.rename(settings, first, "  Capital   facts ").name == "Capital facts"
+    with pytest.raises(InvalidInputError, match="name"):
+        adapters.rename(settings, first, "   ")
+    adapters.delete(settings, second)
+    assert [a.name for a in adapters.list_adapters(settings)] == ["Capital facts"]
+    with pytest.raises(InvalidInputError, match="no adapter"):
+        adapters.get(settings, "../" + first)
+
+
+def test_the_zip_holds_the_adapter_files_only(settings) -> None:
+    run_id = trained(settings, "Zipped")
+    with zipfile.ZipFile(io.BytesIO(adapters.zip_bytes(settings, run_id))) as archive:
+        assert sorted(archive.namelist()) == [
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "studio.json",
+        ]
+        assert json.loads(archive.read("studio.json"))["name"] == "Zipped"
+
+
+def test_an_adapter_for_another_base_model_is_marked_and_refused(settings) -> None:
+    run_id = trained(settings, "Elsewhere")
+    other = settings.model_copy(update={"base_model": "HuggingFaceTB/SmolLM2-360M-Instruct"})
+    info = adapters.get(other, run_id)
+    assert not info.compatible
+    assert "not on the model the studio uses now" in info.incompatibility
+    assert adapters.list_adapters(other)[0].compatible is False
+    with pytest.raises(ModelNotAvailableError, match="Trained on"):
+        adapters.load_tuned_model(other, run_id)
+
+
+def test_the_tuned_model_answers_differently_from_the_base(settings) -> None:
+    run_id = trained(settings, "Tuned")
+    base = HFChatModel(load_chat_model(settings))
+    tuned = HFChatModel(adapters.load_tuned_model(settings, run_id))
+    assert tuned.name == "Tuned"
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    params = SamplingParams(temperature=0.0, max_new_tokens=12)
+    base_answer = base.stream_chat(question, params).read()
+    tuned_answer = tuned.stream_chat(question, params).read()
+    assert tuned_answer.timings.new_tokens > 0
+    assert tuned_answer.text != base_answer.text
+
+
+def test_a_damaged_adapter_gives_a_plain_message(settings) -> None:
+    run_id = trained(settings, "Damaged")
+    weights = settings.data_dir / "runs" / run_id / runs.ADAPTER_DIR / adapters.WEIGHTS_FILE
+    weights.write_bytes(b"not safetensors")
+    with pytest.raises(ModelNotAvailableError, match="missing or damaged"):
+        adapters.load_tuned_model(settings, run_id)
+    weights.unlink()
+    assert adapters.list_adapters(settings) == []  # no weights: not an adapter any more

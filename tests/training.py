@@ -1,0 +1,42 @@
+"""Helpers for the training tests: small datasets and waiting on a worker."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from core import jobs
+
+WORDS = ["Paris", "France", "capital", "quick", "brown", "fox", "lazy", "dog", "LoRA"]
+
+
+def alpaca_rows(count: int, answer: str | None = None) -> bytes:
+    """`count` alpaca rows in words the tiny tokenizer knows, each one a little different."""
+    rows = []
+    for i in range(count):
+        word = WORDS[i % len(WORDS)]
+        rows.append(
+            {
+                "instruction": f"What is the capital of France? ({word} {i})",
+                "input": "",
+                "output": answer or f"The capital of France is Paris. {word}",
+            }
+        )
+    return "\n".join(json.dumps(r) for r in rows).encode()
+
+
+def wait_for(run_dir: Path, condition, timeout: float = 120) -> jobs.RunStatus:
+    """Poll the run until `condition(status)` holds; fail with the worker's log otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = jobs.read(run_dir)
+        if condition(status):
+            return status
+        time.sleep(0.1)
+    log = (run_dir / "train.log").read_text() if (run_dir / "train.log").exists() else ""
+    raise AssertionError(f"timed out; last status {jobs.read(run_dir)}\n{log[-3000:]}")
+
+
+def finished(status: jobs.RunStatus) -> bool:
+    return not status.active
