@@ -19,6 +19,7 @@ navigation = st.navigation(
         st.Page("views/home.py", title="Home", icon=":material/home:", default=True),
         st.Page("views/chat.py", title="Chat", icon=":material/chat:"),
         st.Page("views/knowledge.py", title="Knowledge base", icon=":material/library_books:"),
+        st.Page("views/finetune.py", title="Fine-tune", icon=":material/model_training:"),
     ]
 )
 common.sidebar()

@@ -33,6 +33,7 @@ class AdapterInfo:
     base_model: str
     compatible: bool  # trained on the base model the studio uses now
     dataset_name: str
+    system_prompt: str  # the instructions it was trained under: answer with the same ones
     preset: str
     settings: dict[str, Any]
     final_train_loss: float | None
@@ -68,6 +69,7 @@ def _info(settings: Settings, run_dir: Path) -> AdapterInfo | None:
         base_model=str(meta.get("base_model", "")),
         compatible=meta.get("base_model") == settings.base_model,
         dataset_name=str(meta.get("dataset_name", "")),
+        system_prompt=str(meta.get("system_prompt", "")),
         preset=str(meta.get("preset", "")),
         settings=dict(meta.get("settings") or {}),
         final_train_loss=meta.get("final_train_loss"),

@@ -9,6 +9,7 @@ import math
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from typing import Any
 
 import streamlit as st
@@ -18,6 +19,7 @@ from core.errors import StudioError
 from core.generate import ChatModel, HFChatModel, SamplingParams
 from core.knowledge import KnowledgeStore
 from core.settings import Settings, load_settings
+from core.train import PRESETS
 
 
 @st.cache_resource(show_spinner=False)
@@ -47,6 +49,12 @@ def init_state(settings: Settings) -> None:
         "kb_top_k": settings.top_k,
         "kb_upload_round": 0,  # bumped after an upload, which gives the uploader a fresh key
         "kb_results": [],
+        "ft_data": None,  # {"name", "data", "source"} of the dataset being prepared
+        "ft_upload_round": 0,
+        "ft_preset": "quick",
+        "ft_system_prompt": settings.system_prompt,
+        "ft_run_id": None,  # the run started in this session
+        **{f"ft_{name}": value for name, value in asdict(PRESETS["quick"].config).items()},
     }
     for key, value in defaults.items():
         st.session_state.setdefault(key, value)
@@ -123,11 +131,45 @@ def _prepare_with_progress(settings: Settings) -> None:
         status.update(label="Model ready", state="complete", expanded=False)
 
 
-def chat_model(settings: Settings) -> ChatModel:
-    """The shared chat model; on a problem, a plain message and the page stops."""
+def ensure_model_ready(settings: Settings) -> None:
+    """Convert or download the base model once (with progress); on a problem, a message and a
+    stop."""
     try:
         if not models.describe_model(settings.base_model, settings).ready:
             _prepare_with_progress(settings)
+    except StudioError as error:
+        st.error(str(error), icon=":material/error:")
+        st.stop()
+
+
+def tokenizer(settings: Settings) -> Any:
+    """The base model's tokenizer (no weights), for dataset statistics and previews."""
+    ensure_model_ready(settings)
+    try:
+        return models.load_tokenizer(settings)
+    except StudioError as error:
+        st.error(str(error), icon=":material/error:")
+        st.stop()
+
+
+@st.cache_resource(show_spinner=False, max_entries=1)
+def _shared_tuned_model(run_id: str, created: float, _settings: Settings) -> ChatModel:
+    # One tuned model at a time beside the base model; the arguments are the cache key.
+    from core.adapters import load_tuned_model
+
+    return HFChatModel(load_tuned_model(_settings, run_id), context_window=_settings.context_window)
+
+
+def tuned_chat_model(settings: Settings, run_id: str, created: float) -> ChatModel:
+    """The base model with an adapter merged in; raises StudioError for the caller to show."""
+    with st.spinner("Loading the tuned model…"):
+        return _shared_tuned_model(run_id, created, settings)
+
+
+def chat_model(settings: Settings) -> ChatModel:
+    """The shared chat model; on a problem, a plain message and the page stops."""
+    try:
+        ensure_model_ready(settings)
         with st.spinner("Loading the model…"):
             return _shared_chat_model(
                 settings.base_model, settings.device, settings.context_window, settings
