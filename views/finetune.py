@@ -82,8 +82,8 @@ def show_run(run_id: str) -> None:
             st.progress(run.fraction, text=label)
         elif run.state == "completed":
             st.success(
-                f"Finished in {format_duration(run.elapsed_s)}. The adapter is listed below; "
-                "try it right here.",
+                f"Finished in {format_duration(run.elapsed_s)}. Ask the tuned model something "
+                "in Try it, just below, and see it answer beside the base model.",
                 icon=STATE_ICONS["completed"],
             )
         elif run.state == "failed":
@@ -493,11 +493,11 @@ def adapter_card(adapter: adapters.AdapterInfo) -> None:
                 st.rerun()
 
 
-new_run()
 finished = adapters.list_adapters(settings)
 usable = [a for a in finished if a.compatible]
-if usable:
+if usable:  # right below the run that made the adapter, above the steps to train another
     try_it(usable)
+new_run()
 st.subheader(f"Your adapters ({len(finished)})")
 if not finished:
     st.caption("Adapters you train appear here, with their loss curves.")
