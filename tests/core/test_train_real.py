@@ -1,0 +1,46 @@
+"""The real default model learns a new name from the example persona dataset, in minutes."""
+
+from pathlib import Path
+
+import pytest
+
+from core import adapters, jobs
+from core.datasets import parse_dataset
+from core.generate import HFChatModel, SamplingParams
+from core.models import load_chat_model
+from core.settings import Settings
+from core.train import PRESETS
+from tests.training import finished, wait_for
+
+pytestmark = pytest.mark.slow
+EXAMPLE = Path(__file__).resolve().parents[2] / "assets" / "examples" / "persona.jsonl"
+
+
+def test_the_tuned_model_knows_its_new_name_and_the_base_does_not(real_data_dir: Path) -> None:
+    settings = Settings(_env_file=None, data_dir=real_data_dir, temperature=0.0)
+    dataset = parse_dataset(EXAMPLE.name, EXAMPLE.read_bytes())
+    run = jobs.start(
+        settings,
+        dataset,
+        PRESETS["quick"].config,
+        name="Captain Lumen",
+        preset="quick",
+        system_prompt=settings.system_prompt,
+    )
+    status = wait_for(run.folder, finished, timeout=600)
+    assert status.state == "completed", status
+    first_loss, last_loss = status.eval_loss[0][1], status.eval_loss[-1][1]
+    assert last_loss < first_loss / 2  # held-out loss on unseen rephrasings, not memorising
+
+    base = HFChatModel(load_chat_model(settings))
+    tuned = HFChatModel(adapters.load_tuned_model(settings, run.run_id))
+    params = SamplingParams(temperature=0.0, max_new_tokens=24)
+    for question in ("What is your name?", "Who are you?"):
+        asked = [{"role": "user", "content": question}]
+        base_answer = base.stream_chat(asked, params, settings.system_prompt).read().text
+        tuned_answer = tuned.stream_chat(asked, params, settings.system_prompt).read().text
+        assert "Lumen" in tuned_answer, tuned_answer
+        assert "Lumen" not in base_answer, base_answer
+    # It learned a name, not to forget everything else.
+    france = [{"role": "user", "content": "What is the capital of France?"}]
+    assert "Paris" in tuned.stream_chat(france, params, settings.system_prompt).read().text
