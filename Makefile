@@ -45,6 +45,7 @@ test: install browser lint
 bench: install
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/train.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-artifacts

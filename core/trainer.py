@@ -4,8 +4,8 @@ It reads the run folder (core.runs), trains a LoRA adapter with transformers' Tr
 and reports through `status.json`. It never runs inside the app's process.
 
 Why it is faster than a plain Trainer + PEFT recipe (measured in bench/train.py):
-- batches of examples of similar length (length grouping) with per-batch padding: almost no
-  padding tokens are computed;
+- per-batch padding, and batches of examples of similar length (length grouping) when random
+  batches would be mostly padding;
 - the vocabulary projection and the loss run on the answer tokens only, the only ones that count;
 - on CPUs with native bfloat16 (and on GPUs) the frozen base weights are bfloat16 and the matrix
   products run in bfloat16 (autocast), while the LoRA weights and their optimizer stay float32;
@@ -43,8 +43,10 @@ from core.train import (
     Example,
     TrainConfig,
     eval_steps,
+    padding_share,
     preflight,
     prepare_examples,
+    sampling_strategy,
     split,
     total_steps,
 )
@@ -152,6 +154,12 @@ def _train(run_dir: Path, spec: runs.RunSpec, status: runs.StatusWriter, resume:
     )
     steps = total_steps(len(train_rows), config)
     every = eval_steps(steps)[0]
+    lengths = [len(row["input_ids"]) for row in train_rows]
+    strategy = sampling_strategy(lengths, config.batch_size, config.seed)
+    _log(
+        f"random batches would be {padding_share(lengths, config.batch_size, config.seed):.0%} "
+        f"padding: {strategy.replace('_', ' ')} batches"
+    )
     arguments = TrainingArguments(
         output_dir=str(run_dir / runs.CHECKPOINTS_DIR),
         per_device_train_batch_size=config.batch_size,
@@ -160,7 +168,7 @@ def _train(run_dir: Path, spec: runs.RunSpec, status: runs.StatusWriter, resume:
         learning_rate=config.learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=max(1, steps // 20),
-        train_sampling_strategy="group_by_length",
+        train_sampling_strategy=strategy,
         logging_steps=1,
         eval_strategy="steps" if eval_rows else "no",
         eval_steps=every,

@@ -1,4 +1,4 @@
-"""Fine-tuning in a real browser: drop a dataset, start the quick preset, watch it, see the adapter."""
+"""Fine-tuning in a real browser: drop a dataset, train the quick preset, see the adapter."""
 
 import re
 from pathlib import Path
@@ -31,8 +31,10 @@ def test_upload_train_watch_and_see_the_adapter(page, studio_url: str, tmp_path:
     progress.first.wait_for(timeout=60_000)
     first = int(re.search(r"step (\d+)", progress.first.inner_text()).group(1))
     page.wait_for_function(
-        """first => [...document.querySelectorAll('p, div')].some(e =>
-            /step (\\d+) of/.test(e.textContent) && +e.textContent.match(/step (\\d+) of/)[1] > first)""",
+        """first => [...document.querySelectorAll('p, div')].some(e => {
+            const found = e.textContent.match(/step ([0-9]+) of/);
+            return found && +found[1] > first;
+        })""",
         arg=first,
         timeout=60_000,
     )
