@@ -3,7 +3,9 @@
 import streamlit as st
 
 from core import models
+from core.adapters import list_adapters
 from core.errors import StudioError
+from core.jobs import active_run
 from core.knowledge import knowledge_base_names
 from views import common
 
@@ -50,13 +52,16 @@ st.markdown(
     "1. **Chat** with the base model: ask it about your field and see what it knows, and what "
     "it invents, before you give it anything.\n"
     "2. Build a **knowledge base**: drop your documents in and check that a search finds the "
-    "right passages, with file and page."
+    "right passages, with file and page.\n"
+    "3. **Fine-tune** the model on examples of the behaviour you want, watch it learn, and ask "
+    "it beside the base model."
 )
-first, second = st.columns(2)
+first, second, third = st.columns(3)
 first.page_link("views/chat.py", label="Chat with the base model", icon=":material/chat:")
 second.page_link(
     "views/knowledge.py", label="Build a knowledge base", icon=":material/library_books:"
 )
+third.page_link("views/finetune.py", label="Fine-tune", icon=":material/model_training:")
 
 st.subheader("This installation")
 base, embedding = st.columns(2, border=True)
@@ -84,4 +89,10 @@ where = (
     else "this machine"
 )
 st.markdown(f"**Knowledge bases:** {len(knowledge_bases)}, stored on {where}.")
+training = active_run(settings)
+st.markdown(
+    f"**Adapters:** {len(list_adapters(settings))}"
+    + (f"; training now: {common.markdown_escape(training.name)}" if training else "")
+    + "."
+)
 st.caption(f"Your data is kept in `{settings.data_dir.resolve()}`.")

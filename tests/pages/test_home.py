@@ -13,6 +13,7 @@ def test_home_explains_the_choice_and_shows_the_installation(open_page) -> None:
     assert "all-MiniLM-L6-v2" in text
     assert "CPU (" in text
     assert "**Knowledge bases:** 0, stored on this machine." in text
+    assert "**Adapters:** 0." in text
     assert not at.error
 
 
