@@ -178,8 +178,7 @@ def create(
     blockers = preflight(examples, config).blockers
     if blockers:
         raise InvalidInputError(blockers[0])
-    device = resolve_device(settings.device)
-    dtype = str(resolve_dtype(settings.dtype, device)).removeprefix("torch.")
+    device, dtype = _device_and_dtype(settings)
     run_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
     run_dir = runs_dir(settings) / run_id
     run_dir.mkdir(parents=True)
@@ -202,23 +201,14 @@ def create(
     return run_dir
 
 
-def start(
-    settings: Settings,
-    dataset: Dataset,
-    config: TrainConfig,
-    *,
-    name: str = "",
-    preset: str = "custom",
-    system_prompt: str = "",
-) -> RunStatus:
-    """Write a new run and start its worker. Refused while another run is in progress."""
+def start(settings: Settings, dataset: Dataset, config: TrainConfig, **options: str) -> RunStatus:
+    """Write a new run (`options` as for `create`) and start its worker. Refused while another
+    run is in progress."""
     folder = runs_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder / ".start.lock")):
         _refuse_if_busy(settings, "starting")
-        run_dir = create(
-            settings, dataset, config, name=name, preset=preset, system_prompt=system_prompt
-        )
+        run_dir = create(settings, dataset, config, **options)
         _spawn(run_dir)
     return read(run_dir)
 
@@ -294,6 +284,11 @@ def delete_run(settings: Settings, run_id: str) -> None:
     shutil.rmtree(run_dir)
 
 
+def _device_and_dtype(settings: Settings) -> tuple[str, str]:
+    device = resolve_device(settings.device)
+    return device, str(resolve_dtype(settings.dtype, device)).removeprefix("torch.")
+
+
 def _run_dir(settings: Settings, run_id: str) -> Path:
     folder = runs_dir(settings) / run_id
     if "/" in run_id or run_id.startswith(".") or not (folder / runs.CONFIG_FILE).exists():
@@ -305,8 +300,7 @@ def measure_speed(settings: Settings, timeout_s: float = 180) -> float:
     """Training tokens per second on this machine, measured once per model, device and number
     format by a short probe in a separate process, and remembered in the data folder."""
     model_path = prepare_model(settings.base_model, settings)
-    device = resolve_device(settings.device)
-    dtype = str(resolve_dtype(settings.dtype, device)).removeprefix("torch.")
+    device, dtype = _device_and_dtype(settings)
     cache = runs_dir(settings) / "speed.json"
     key = f"{settings.base_model}|{device}|{dtype}"
     known: dict[str, Any] = {}
