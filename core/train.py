@@ -294,6 +294,16 @@ def eval_steps(steps: int) -> list[int]:
     return sorted({*range(every, steps + 1, every), steps})
 
 
+def short_duration(seconds: float) -> str:
+    """A duration that fits a small metric tile: '42 s', '3 min', '1 h 05'."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds // 3600} h {(seconds % 3600) // 60:02d}"
+
+
 def format_duration(seconds: float) -> str:
     seconds = max(0, round(seconds))
     if seconds < 60:

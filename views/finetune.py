@@ -19,6 +19,7 @@ from core.train import (
     help_for,
     preflight,
     prepare_examples,
+    short_duration,
     with_system_prompt,
 )
 from views import common
@@ -119,8 +120,8 @@ def show_run(run_id: str) -> None:
             cells[2].metric("Held-out loss", NONE)
         speed = f"{run.tokens_per_s:,.0f}" if run.tokens_per_s else NONE
         cells[3].metric("Tokens/s", speed)
-        cells[4].metric("Elapsed", format_duration(run.elapsed_s))
-        left = format_duration(run.eta_s) if run.active and run.eta_s is not None else NONE
+        cells[4].metric("Elapsed", short_duration(run.elapsed_s))
+        left = short_duration(run.eta_s) if run.active and run.eta_s is not None else NONE
         cells[5].metric("Time left", left)
         loss_chart(run.train_loss, run.eval_loss, key=f"ft_chart_{run_id}")
         if run.active:

@@ -14,6 +14,7 @@ from core.train import (
     help_for,
     preflight,
     prepare_examples,
+    short_duration,
     split,
     with_system_prompt,
 )
@@ -137,3 +138,5 @@ def test_durations_read_plainly() -> None:
     assert format_duration(42) == "42 s"
     assert format_duration(125) == "2 min 05 s"
     assert format_duration(3 * 3600 + 120) == "3 h 02 min"
+    assert short_duration(42) == "42 s" and short_duration(125) == "2 min"
+    assert short_duration(3 * 3600 + 120) == "3 h 02"

@@ -1,0 +1,73 @@
+"""The studio killed and started again while a run trains: the page finds the run again."""
+
+import os
+import re
+import signal
+from pathlib import Path
+
+import pytest
+
+from core import jobs, runs
+from core.settings import Settings
+from tests.e2e.conftest import screenshot, start_studio
+from tests.training import alpaca_rows
+
+pytestmark = [pytest.mark.e2e]
+
+
+def current_step(page) -> int:  # type: ignore[no-untyped-def]
+    label = page.get_by_text(re.compile(r"step \d+ of \d+")).first
+    label.wait_for(timeout=60_000)
+    return int(re.search(r"step (\d+) of", label.inner_text()).group(1))
+
+
+def test_a_restarted_studio_shows_the_run_still_training(
+    page, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    environment = {"LRS_BASE_MODEL": str(tiny_model_dir)}
+    first, url = start_studio(data_dir, tmp_path / "first.log", **environment)
+    dataset = tmp_path / "facts.jsonl"
+    dataset.write_bytes(alpaca_rows(200))
+    try:
+        page.goto(f"{url}/finetune")
+        page.locator("input[type=file]").set_input_files(str(dataset))
+        page.get_by_text("200 examples, recognised").wait_for(timeout=60_000)
+        page.get_by_text("Advanced", exact=True).click()
+        epochs = page.get_by_role("spinbutton", name="Epochs")
+        epochs.fill("40")
+        epochs.press("Enter")
+        page.get_by_text("Adapter name").click()  # let the new value reach the server
+        page.get_by_role("button", name="Start training").click()
+        before = current_step(page)
+    finally:
+        first.send_signal(signal.SIGKILL)  # the server dies without any chance to clean up
+        first.wait()
+
+    settings = Settings(_env_file=None, data_dir=data_dir, base_model=str(tiny_model_dir))
+    run = jobs.active_run(settings)
+    assert run is not None, "the worker must outlive the server"
+    second, url = start_studio(data_dir, tmp_path / "second.log", **environment)
+    try:
+        page.goto(f"{url}/finetune")
+        page.get_by_role("heading", name="Training", exact=True).wait_for(timeout=60_000)
+        later = current_step(page)
+        assert later > before
+        page.wait_for_function(
+            """seen => [...document.querySelectorAll('p, div')].some(e => {
+                const found = e.textContent.match(/step ([0-9]+) of/);
+                return found && +found[1] > seen;
+            })""",
+            arg=later,
+            timeout=60_000,
+        )
+        screenshot(page, "23-finetune-after-restart")
+        page.get_by_role("button", name="Cancel training").click()
+        page.get_by_text("Cancelled").first.wait_for(timeout=60_000)
+        assert page.get_by_test_id("stException").count() == 0
+    finally:
+        pid = runs.read_status(run.folder).get("pid")
+        if jobs.read(run.folder).active and pid:
+            os.kill(pid, signal.SIGKILL)
+        second.terminate()
+        second.wait(timeout=15)
