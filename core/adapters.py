@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import Any
 
 from core import compute, runs
 from core.errors import InvalidInputError, ModelNotAvailableError
-from core.jobs import read, runs_dir
+from core.jobs import delete_run, run_folder, runs_dir
 from core.models import LoadedModel, load_chat_model
 from core.settings import Settings
 
@@ -92,14 +91,13 @@ def list_adapters(settings: Settings) -> list[AdapterInfo]:
 
 
 def get(settings: Settings, run_id: str) -> AdapterInfo:
-    info = _info(settings, runs_dir(settings) / run_id) if _safe_id(run_id) else None
+    try:
+        info = _info(settings, run_folder(settings, run_id))
+    except InvalidInputError:
+        info = None
     if info is None:
         raise InvalidInputError(f"There is no adapter '{run_id}'.")
     return info
-
-
-def _safe_id(run_id: str) -> bool:
-    return bool(run_id) and "/" not in run_id and "\\" not in run_id and not run_id.startswith(".")
 
 
 def rename(settings: Settings, run_id: str, new_name: str) -> AdapterInfo:
@@ -118,10 +116,7 @@ def rename(settings: Settings, run_id: str, new_name: str) -> AdapterInfo:
 
 def delete(settings: Settings, run_id: str) -> None:
     """Delete the adapter with its run."""
-    info = get(settings, run_id)
-    if read(info.folder.parent).active:
-        raise InvalidInputError("This run is still training: cancel it first.")
-    shutil.rmtree(info.folder.parent)
+    delete_run(settings, get(settings, run_id).run_id)
 
 
 def zip_bytes(settings: Settings, run_id: str) -> bytes:

@@ -307,19 +307,23 @@ class TokenStats:
 
 
 def token_stats(dataset: Dataset, tokenizer: Any, max_length: int) -> TokenStats:
-    lengths, answers, cut = [], 0, 0
+    lengths, answers = [], 0
     for messages in dataset.examples:
         ids, labels = encode(messages, tokenizer, 10**9)
         lengths.append(len(ids))
         answers += sum(1 for label in labels[:max_length] if label != -100)
-        cut += len(ids) > max_length
+    return summarise(lengths, answers, max_length)
+
+
+def summarise(lengths: list[int], answer_tokens: int, max_length: int) -> TokenStats:
+    """Statistics of examples of these full lengths (before the cut at `max_length`)."""
     ordered = sorted(lengths) or [0]
     return TokenStats(
         rows=len(lengths),
         total_tokens=sum(min(n, max_length) for n in lengths),
-        answer_tokens=answers,
+        answer_tokens=answer_tokens,
         shortest=ordered[0],
         median=ordered[len(ordered) // 2],
         longest=ordered[-1],
-        cut=cut,
+        cut=sum(1 for n in lengths if n > max_length),
     )

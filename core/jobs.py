@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -22,15 +23,15 @@ from filelock import FileLock
 from core import runs
 from core.datasets import Dataset
 from core.errors import InvalidInputError
+from core.knowledge import process_alive
 from core.models import load_tokenizer, prepare_model, resolve_device, resolve_dtype
 from core.settings import Settings
 from core.train import TrainConfig, preflight, prepare_examples
 
 ACTIVE_STATES = ("starting", "loading", "training", "cancelling", "saving")
-FINAL_STATES = ("completed", "failed", "cancelled", "interrupted")
 STALE_AFTER_S = 60.0  # five missed heartbeats
 _ROOT = Path(__file__).resolve().parents[1]
-_children: dict[int, subprocess.Popen] = {}  # workers this process started, to reap them
+_children: dict[int, subprocess.Popen] = {}  # workers this process started, reaped when seen
 
 
 class JobBusyError(InvalidInputError):
@@ -81,25 +82,10 @@ def runs_dir(settings: Settings) -> Path:
 
 
 def _alive(pid: int | None, host: str | None) -> bool:
-    """Whether the worker process still runs (a zombie, dead but not yet reaped, does not)."""
-    if not pid:
-        return False
-    if host and host != os.uname().nodename:
-        return True  # another machine's worker: only its heartbeat can tell
-    child = _children.get(pid)
-    if child is not None:
-        return child.poll() is None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return fields[0] != "Z"
-    except (OSError, IndexError):
-        return True
+    """Whether the worker still runs; another machine's worker only its heartbeat can tell."""
+    for child in _children.values():
+        child.poll()  # reap workers this process started that have ended
+    return bool(pid) and process_alive(f"{host or os.uname().nodename}:{pid}")
 
 
 def read(run_dir: Path) -> RunStatus:
@@ -224,7 +210,7 @@ def _refuse_if_busy(settings: Settings, doing: str) -> None:
 
 def resume(settings: Settings, run_id: str) -> RunStatus:
     """Carry on an interrupted run from its last complete checkpoint."""
-    run_dir = _run_dir(settings, run_id)
+    run_dir = run_folder(settings, run_id)
     with FileLock(str(runs_dir(settings) / ".start.lock")):
         _refuse_if_busy(settings, "resuming")
         if not read(run_dir).can_resume:
@@ -271,14 +257,13 @@ def _spawn(run_dir: Path, *flags: str) -> None:
 
 def cancel(settings: Settings, run_id: str) -> None:
     """Ask the worker to stop after its current step; no adapter is kept."""
-    run_dir = _run_dir(settings, run_id)
+    run_dir = run_folder(settings, run_id)
     (run_dir / runs.CANCEL_FILE).write_text(str(time.time()))
 
 
 def delete_run(settings: Settings, run_id: str) -> None:
-    import shutil
-
-    run_dir = _run_dir(settings, run_id)
+    """Delete a run with everything in it, its adapter included."""
+    run_dir = run_folder(settings, run_id)
     if read(run_dir).active:
         raise InvalidInputError("This run is still training: cancel it first.")
     shutil.rmtree(run_dir)
@@ -289,7 +274,8 @@ def _device_and_dtype(settings: Settings) -> tuple[str, str]:
     return device, str(resolve_dtype(settings.dtype, device)).removeprefix("torch.")
 
 
-def _run_dir(settings: Settings, run_id: str) -> Path:
+def run_folder(settings: Settings, run_id: str) -> Path:
+    """The folder of an existing run; anything else (including a path in disguise) refused."""
     folder = runs_dir(settings) / run_id
     if "/" in run_id or run_id.startswith(".") or not (folder / runs.CONFIG_FILE).exists():
         raise InvalidInputError(f"There is no training run '{run_id}'.")

@@ -4,15 +4,17 @@ import hashlib
 from dataclasses import asdict, fields
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import streamlit as st
 
-from core import adapters, jobs
-from core.datasets import SHAPES, Dataset, parse_dataset, render, token_stats
+from core import adapters, jobs, runs
+from core.datasets import SHAPES, Dataset, parse_dataset, render, summarise
 from core.errors import StudioError
 from core.train import (
     PRESETS,
+    Example,
     TrainConfig,
     estimate_seconds,
     format_duration,
@@ -54,7 +56,7 @@ def apply_preset() -> None:
         st.session_state[f"ft_{name}"] = value
 
 
-def loss_chart(train_loss: list, eval_loss: list, key: str) -> None:
+def loss_chart(train_loss: list, eval_loss: list) -> None:
     rows = [{"Step": s, "Loss": v, "Curve": "Training"} for s, v in train_loss]
     rows += [{"Step": s, "Loss": v, "Curve": "Held-out"} for s, v in eval_loss]
     if rows:
@@ -66,6 +68,15 @@ def loss_chart(train_loss: list, eval_loss: list, key: str) -> None:
 @st.cache_data(show_spinner=False, max_entries=4)
 def parse(name: str, digest: str, _data: bytes) -> Dataset:
     return parse_dataset(name, _data)
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def prepare(
+    digest: str, max_length: int, system_prompt: str, _dataset: Dataset, _tokenizer: Any
+) -> list[Example]:
+    """The examples tokenised once per dataset, maximum length and system prompt, not on every
+    click (thousands of rows take seconds)."""
+    return prepare_examples(_dataset.examples, _tokenizer, max_length, system_prompt)
 
 
 # -- a run in progress, or the last one ----------------------------------------------------------
@@ -123,9 +134,9 @@ def show_run(run_id: str) -> None:
         cells[4].metric("Elapsed", short_duration(run.elapsed_s))
         left = short_duration(run.eta_s) if run.active and run.eta_s is not None else NONE
         cells[5].metric("Time left", left)
-        loss_chart(run.train_loss, run.eval_loss, key=f"ft_chart_{run_id}")
+        loss_chart(run.train_loss, run.eval_loss)
         if run.active:
-            cancelling = run.state == "cancelling" or (run.folder / "cancel").exists()
+            cancelling = run.state == "cancelling" or (run.folder / runs.CANCEL_FILE).exists()
             if st.button(
                 "Cancelling…" if cancelling else "Cancel training",
                 key=f"ft_cancel_{run_id}",
@@ -235,13 +246,10 @@ def new_run() -> None:
     tokenizer = common.tokenizer(settings)
     config = config_from_state()
     system_prompt = st.session_state["ft_system_prompt"]
-    stats = token_stats(
-        Dataset(
-            dataset.name,
-            dataset.shape,
-            [with_system_prompt(m, system_prompt) for m in dataset.examples],
-        ),
-        tokenizer,
+    examples = prepare(digest, config.max_length, system_prompt, dataset, tokenizer)
+    stats = summarise(
+        [e.full_length for e in examples],
+        sum(e.answer_tokens for e in examples),
         config.max_length,
     )
     st.success(
@@ -272,7 +280,6 @@ def new_run() -> None:
 
     # -- step 2: settings
     st.subheader("2. How thoroughly to train")
-    examples = prepare_examples(dataset.examples, tokenizer, config.max_length, system_prompt)
     check = preflight(examples, config)
     try:
         with st.spinner("Measuring how fast this machine trains (once)…", show_time=True):
@@ -465,7 +472,7 @@ def adapter_card(adapter: adapters.AdapterInfo) -> None:
         if not adapter.compatible:
             st.caption(markdown_escape(adapter.incompatibility))
         with st.expander("Loss curve", icon=":material/show_chart:"):
-            loss_chart(adapter.train_loss, adapter.eval_loss, key=f"ft_curve_{key}")
+            loss_chart(adapter.train_loss, adapter.eval_loss)
         rename, download, delete = st.columns(3)
         with rename.popover("Rename", icon=":material/edit:", width="stretch"):
             new_name = st.text_input("New name", value=adapter.name, key=f"ft_rename_to_{key}")
@@ -505,9 +512,7 @@ if not finished:
 for adapter in finished:
     adapter_card(adapter)
 
-unfinished = [
-    r for r in jobs.all_runs(settings) if not r.active and not (r.folder / "adapter").is_dir()
-]
+unfinished = [r for r in jobs.all_runs(settings) if not r.active and r.state != "completed"]
 if unfinished:
     with st.expander(f"Unfinished runs ({len(unfinished)})", icon=":material/history:"):
         for run in unfinished:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -90,3 +91,22 @@ def screenshot(page, name: str) -> Path:  # type: ignore[no-untyped-def]
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def training_step(page) -> int:  # type: ignore[no-untyped-def]
+    """The step the Fine-tune page shows for the run in progress."""
+    label = page.get_by_text(re.compile(r"step \d+ of \d+")).first
+    label.wait_for(timeout=60_000)
+    return int(re.search(r"step (\d+) of", label.inner_text()).group(1))
+
+
+def wait_for_step_above(page, step: int) -> None:  # type: ignore[no-untyped-def]
+    """Wait until the page shows training past `step`: the progress is live, not a snapshot."""
+    page.wait_for_function(
+        """seen => [...document.querySelectorAll('p, div')].some(e => {
+            const found = e.textContent.match(/step ([0-9]+) of/);
+            return found && +found[1] > seen;
+        })""",
+        arg=step,
+        timeout=60_000,
+    )

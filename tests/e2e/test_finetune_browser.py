@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ROOT, screenshot
+from tests.e2e.conftest import ROOT, screenshot, training_step, wait_for_step_above
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -27,17 +27,7 @@ def test_upload_train_watch_and_see_the_adapter(page, studio_url: str, tmp_path:
 
     page.get_by_label("Adapter name").fill("Lumen quick")
     page.get_by_role("button", name="Start training").click()
-    progress = page.get_by_text(re.compile(r"step (\d+) of (\d+)"))
-    progress.first.wait_for(timeout=60_000)
-    first = int(re.search(r"step (\d+)", progress.first.inner_text()).group(1))
-    page.wait_for_function(
-        """first => [...document.querySelectorAll('p, div')].some(e => {
-            const found = e.textContent.match(/step ([0-9]+) of/);
-            return found && +found[1] > first;
-        })""",
-        arg=first,
-        timeout=60_000,
-    )
+    wait_for_step_above(page, training_step(page))
     page.get_by_role("heading", name="Training", exact=True).scroll_into_view_if_needed()
     screenshot(page, "21-finetune-training")
 

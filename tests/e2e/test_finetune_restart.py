@@ -1,7 +1,6 @@
 """The studio killed and started again while a run trains: the page finds the run again."""
 
 import os
-import re
 import signal
 from pathlib import Path
 
@@ -9,16 +8,10 @@ import pytest
 
 from core import jobs, runs
 from core.settings import Settings
-from tests.e2e.conftest import screenshot, start_studio
+from tests.e2e.conftest import screenshot, start_studio, training_step, wait_for_step_above
 from tests.training import alpaca_rows
 
 pytestmark = [pytest.mark.e2e]
-
-
-def current_step(page) -> int:  # type: ignore[no-untyped-def]
-    label = page.get_by_text(re.compile(r"step \d+ of \d+")).first
-    label.wait_for(timeout=60_000)
-    return int(re.search(r"step (\d+) of", label.inner_text()).group(1))
 
 
 def test_a_restarted_studio_shows_the_run_still_training(
@@ -39,7 +32,7 @@ def test_a_restarted_studio_shows_the_run_still_training(
         epochs.press("Enter")
         page.get_by_text("Adapter name").click()  # let the new value reach the server
         page.get_by_role("button", name="Start training").click()
-        before = current_step(page)
+        before = training_step(page)
     finally:
         first.send_signal(signal.SIGKILL)  # the server dies without any chance to clean up
         first.wait()
@@ -51,16 +44,9 @@ def test_a_restarted_studio_shows_the_run_still_training(
     try:
         page.goto(f"{url}/finetune")
         page.get_by_role("heading", name="Training", exact=True).wait_for(timeout=60_000)
-        later = current_step(page)
+        later = training_step(page)
         assert later > before
-        page.wait_for_function(
-            """seen => [...document.querySelectorAll('p, div')].some(e => {
-                const found = e.textContent.match(/step ([0-9]+) of/);
-                return found && +found[1] > seen;
-            })""",
-            arg=later,
-            timeout=60_000,
-        )
+        wait_for_step_above(page, later)
         screenshot(page, "23-finetune-after-restart")
         page.get_by_role("button", name="Cancel training").click()
         page.get_by_text("Cancelled").first.wait_for(timeout=60_000)
