@@ -1,4 +1,4 @@
-"""Finished adapters: list, rename, delete, download as a zip, and load one to chat with.
+"""Finished adapters: list, rename, delete, download as a zip, and attach one to the chat model.
 
 An adapter is the `adapter/` folder of a completed run (core.runs): PEFT's
 `adapter_model.safetensors` and `adapter_config.json`, and our `studio.json` metadata.
@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import io
 import json
-import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core import compute, runs
+from core import runs
 from core.errors import InvalidInputError, ModelNotAvailableError
+from core.generate import ChatModel
 from core.jobs import delete_run, run_folder, runs_dir
-from core.models import LoadedModel, load_chat_model
 from core.settings import Settings
 
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -130,36 +129,29 @@ def zip_bytes(settings: Settings, run_id: str) -> bytes:
     return buffer.getvalue()
 
 
-def load_tuned_model(settings: Settings, run_id: str) -> LoadedModel:
-    """The base model with the adapter merged into its weights, ready to chat (torch thread)."""
+def attach(chat: ChatModel, settings: Settings, run_id: str) -> AdapterInfo:
+    """Load an adapter into the chat model beside the base weights, ready to answer with
+    `adapter=run_id`. Raises ModelNotAvailableError, in plain words, when it cannot be used."""
     info = get(settings, run_id)
     if not info.compatible:
         raise ModelNotAvailableError(info.incompatibility)
-    base = load_chat_model(settings)
-    return compute.call(_merge, base, info)
+    _check_files(info)
+    chat.load_adapter(info.run_id, info.folder)
+    return info
 
 
-def _merge(base: LoadedModel, info: AdapterInfo) -> LoadedModel:
-    from peft import PeftModel
-    from safetensors import SafetensorError
+def _check_files(info: AdapterInfo) -> None:
+    """Refuse missing or unreadable files before they reach the model. Weights are read from
+    safetensors only: PEFT would fall back to a pickled .bin file otherwise."""
+    from safetensors import SafetensorError, safe_open
 
-    start = time.perf_counter()
     try:
-        # Weights from safetensors only: PEFT would fall back to a pickled .bin file otherwise.
-        if not (info.folder / WEIGHTS_FILE).is_file():
-            raise FileNotFoundError(WEIGHTS_FILE)
-        tuned = PeftModel.from_pretrained(base.model, str(info.folder), is_trainable=False)
-        merged = tuned.merge_and_unload()
-    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
+        json.loads((info.folder / ADAPTER_CONFIG_FILE).read_text())
+        with safe_open(str(info.folder / WEIGHTS_FILE), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                handle.get_tensor(key)
+    except (OSError, ValueError, SafetensorError) as error:
         raise ModelNotAvailableError(
             f"The adapter '{info.name}' could not be loaded: its files are missing or damaged "
             f"({error.__class__.__name__}). Train it again or delete it."
         ) from error
-    merged.eval()
-    return LoadedModel(
-        merged,
-        base.tokenizer,
-        info.name,
-        base.device,
-        base.load_seconds + time.perf_counter() - start,
-    )

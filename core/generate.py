@@ -1,4 +1,8 @@
-"""Streaming chat generation with the model's own chat template, and honest timings."""
+"""Streaming chat generation with the model's own chat template, and honest timings.
+
+Every answer goes through `HFChatModel.stream_many`: one conversation (the Chat page) or several
+at once, each with its own adapter (the arena), batched on one copy of the model (core.decode).
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from transformers import TextIteratorStreamer
 
-from core import compute
-from core.errors import GenerationError, InvalidInputError
+from core import compute, decode
+from core.errors import GenerationError, InvalidInputError, ModelNotAvailableError
 from core.models import LoadedModel
 from core.settings import Settings
 
 Message = dict[str, str]  # {"role": "user" | "assistant" | "system", "content": "..."}
+MAX_LOADED_ADAPTERS = 4  # adapters kept beside the base weights; the least recently used goes
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,16 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class ChatRequest:
+    """One conversation to answer; `adapter` names an adapter loaded into the model, or None
+    for the base model."""
+
+    messages: Sequence[Message]
+    system_prompt: str = ""
+    adapter: str | None = None
+
+
+@dataclass(frozen=True)
 class Answer:
     text: str
     timings: Timings
@@ -83,6 +99,7 @@ class ChatStream:
         first_token_at: Callable[[], float | None] | None = None,
         cancel: Callable[[], None] | None = None,
         wait: Callable[[], None] | None = None,
+        ready: Callable[[], bool] | None = None,
     ) -> None:
         self._pieces = pieces
         self._start = time.perf_counter()
@@ -91,6 +108,7 @@ class ChatStream:
         self._first_token_at = first_token_at
         self._cancel = cancel
         self._wait = wait
+        self._ready = ready
         self._texts: list[str] = []
         self._done = False
         self._seen = 0
@@ -111,6 +129,10 @@ class ChatStream:
         finally:
             if not self._done:
                 self.close()
+
+    def ready(self) -> bool:
+        """Whether the next piece (or the end) is there, so that reading it will not wait."""
+        return self._ready() if self._ready is not None else True
 
     def close(self) -> None:
         """Finish the answer (stopping generation if it is still running) and fill in `answer`."""
@@ -147,8 +169,18 @@ class ChatModel(Protocol):
     name: str
 
     def stream_chat(
-        self, messages: Sequence[Message], params: SamplingParams, system_prompt: str = ""
+        self,
+        messages: Sequence[Message],
+        params: SamplingParams,
+        system_prompt: str = "",
+        adapter: str | None = None,
     ) -> ChatStream: ...
+
+    def stream_many(
+        self, requests: Sequence[ChatRequest], params: SamplingParams, seed: int | None = None
+    ) -> list[ChatStream]: ...
+
+    def load_adapter(self, name: str, folder: Path) -> None: ...
 
 
 def clean_messages(messages: Sequence[Message]) -> list[Message]:
@@ -164,7 +196,8 @@ def clean_messages(messages: Sequence[Message]) -> list[Message]:
 
 
 class HFChatModel:
-    """A transformers model answering chats. One answer at a time per model: callers queue."""
+    """A transformers model answering chats, with LoRA adapters beside its weights. One batch at
+    a time per model: callers queue."""
 
     def __init__(self, loaded: LoadedModel, context_window: int | None = None) -> None:
         self.loaded = loaded
@@ -175,6 +208,9 @@ class HFChatModel:
         # Answers run one after another on the torch thread (see core.compute): on a few CPU
         # cores two at once are no faster. The lock keeps that true for any other caller too.
         self._lock = threading.Lock()
+        decode.use_fast_attention(loaded.model)
+        self._peft: Any = None  # PEFT's wrapper, once an adapter is loaded
+        self._adapters: list[str] = []  # loaded adapters, least recently used first
 
     # -- prompt ---------------------------------------------------------------------------------
     def _encode(self, messages: Sequence[Message]) -> list[int]:
@@ -243,56 +279,136 @@ class HFChatModel:
             )
         return ids, notices, max_new
 
+    # -- adapters -------------------------------------------------------------------------------
+    def load_adapter(self, name: str, folder: Path) -> None:
+        """Load a LoRA adapter beside the base weights (never merged), under `name`; the
+        most recently used few stay loaded. Raises ModelNotAvailableError for damaged files."""
+        compute.call(self._load_adapter, name, folder)
+
+    def _load_adapter(self, name: str, folder: Path) -> None:
+        with self._lock:
+            if name in self._adapters:
+                self._adapters.remove(name)
+                self._adapters.append(name)
+                return
+            from peft import PeftModel
+
+            try:
+                if self._peft is None:
+                    self._peft = PeftModel.from_pretrained(
+                        self.loaded.model,
+                        str(folder),
+                        adapter_name=name,
+                        is_trainable=False,
+                        autocast_adapter_dtype=False,
+                    )
+                else:
+                    self._peft.load_adapter(
+                        str(folder),
+                        adapter_name=name,
+                        is_trainable=False,
+                        autocast_adapter_dtype=False,
+                    )
+            except (OSError, ValueError, KeyError, RuntimeError) as error:
+                raise ModelNotAvailableError(
+                    f"The adapter in '{folder.name}' could not be loaded: its files do not fit "
+                    f"this model ({error.__class__.__name__}). Train it again or delete it."
+                ) from error
+            self._peft.eval()
+            self._adapters.append(name)
+            while len(self._adapters) > MAX_LOADED_ADAPTERS:
+                oldest = self._adapters.pop(0)
+                self._peft.delete_adapter(oldest)
+                decode.forget_low_rank(self._peft, oldest)
+
     # -- generation -----------------------------------------------------------------------------
     def stream_chat(
-        self, messages: Sequence[Message], params: SamplingParams, system_prompt: str = ""
+        self,
+        messages: Sequence[Message],
+        params: SamplingParams,
+        system_prompt: str = "",
+        adapter: str | None = None,
     ) -> ChatStream:
+        return self.stream_many([ChatRequest(messages, system_prompt, adapter)], params)[0]
+
+    def stream_many(
+        self, requests: Sequence[ChatRequest], params: SamplingParams, seed: int | None = None
+    ) -> list[ChatStream]:
+        """Answer several conversations at once, in one batch on one copy of the model; each
+        may use its own adapter (loaded first with `load_adapter`). One stream per request."""
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
 
-        ids, notices, max_new = self.build_prompt(messages, system_prompt, params.max_new_tokens)
+        prompts = [
+            self.build_prompt(r.messages, r.system_prompt, params.max_new_tokens) for r in requests
+        ]
+        for request in requests:
+            if request.adapter is not None and request.adapter not in self._adapters:
+                raise ModelNotAvailableError(
+                    f"The adapter '{request.adapter}' is not loaded: choose it again."
+                )
+        streamers = [_CountingStreamer(self.tokenizer) for _ in requests]
+        rows = [
+            decode.Row(
+                ids=ids,
+                max_new_tokens=max_new,
+                emit=lambda token, s=streamer: s.put(torch.tensor([token])),
+                adapter=request.adapter or decode.BASE,
+            )
+            for (ids, _, max_new), request, streamer in zip(
+                prompts, requests, streamers, strict=True
+            )
+        ]
+        sampling = decode.Sampling(temperature=params.temperature, top_p=params.top_p, seed=seed)
         model = self.loaded.model
-        streamer = _CountingStreamer(self.tokenizer)
-        stop = threading.Event()
-
-        class _StopWhenAsked(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
-
-        input_ids = torch.tensor([ids], device=model.device)
-        kwargs: dict[str, Any] = {
-            "input_ids": input_ids,
-            "attention_mask": torch.ones_like(input_ids),
-            "max_new_tokens": max_new,
-            "streamer": streamer,
-            "stopping_criteria": StoppingCriteriaList([_StopWhenAsked()]),
-            "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-        }
-        if params.temperature > 0:
-            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        eos = _eos_ids(model, self.tokenizer)
 
         def run() -> None:
             try:
                 with self._lock, torch.inference_mode():
-                    if not stop.is_set():
-                        model.generate(**kwargs)
-            except BaseException as error:  # handed to the reading thread, which re-raises it
-                streamer.error = _plain_error(error)
+                    for row, streamer in zip(rows, streamers, strict=True):
+                        streamer.put(torch.tensor(row.ids))  # the prompt, which it skips
+                    decode.decode(model, rows, sampling, eos, self._peft)
+            except BaseException as error:  # handed to the reading threads, which re-raise it
+                for streamer in streamers:
+                    streamer.error = _plain_error(error)
             finally:
-                streamer.finish()
+                for streamer in streamers:
+                    streamer.finish()
 
         job = compute.submit(run)
-        return ChatStream(
-            iter(streamer),
-            prompt_tokens=len(ids),
-            notices=notices,
-            count_tokens=lambda: streamer.new_tokens,
-            first_token_at=lambda: streamer.first_token_at,
-            cancel=stop.set,
-            wait=job.result,
-        )
+
+        def waiter(row: decode.Row) -> Callable[[], None]:
+            def wait() -> None:
+                row.done.wait()
+                if all(r.done.is_set() for r in rows):
+                    job.result()  # the last one out waits until the model is free again
+
+            return wait
+
+        return [
+            ChatStream(
+                iter(streamer),
+                prompt_tokens=len(ids),
+                notices=notices,
+                count_tokens=lambda s=streamer: s.new_tokens,
+                first_token_at=lambda s=streamer: s.first_token_at,
+                cancel=row.cancel.set,
+                wait=waiter(row),
+                ready=lambda s=streamer: not s.text_queue.empty(),
+            )
+            for (ids, notices, _), row, streamer in zip(prompts, rows, streamers, strict=True)
+        ]
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    """The tokens that end an answer: the model's generation config's, and the tokenizer's."""
+    found: set[int] = set()
+    for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            found.add(value)
+        elif value:
+            found.update(int(v) for v in value)
+    return found
 
 
 def _plain_error(error: BaseException) -> BaseException:

@@ -62,18 +62,19 @@ def test_an_adapter_for_another_base_model_is_marked_and_refused(settings) -> No
     assert "not on the model the studio uses now" in info.incompatibility
     assert adapters.list_adapters(other)[0].compatible is False
     with pytest.raises(ModelNotAvailableError, match="Trained on"):
-        adapters.load_tuned_model(other, run_id)
+        adapters.attach(HFChatModel(load_chat_model(settings)), other, run_id)
 
 
-def test_the_tuned_model_answers_differently_from_the_base(settings) -> None:
+def test_an_attached_adapter_changes_its_answers_and_leaves_the_base_alone(settings) -> None:
     run_id = trained(settings, "Tuned")
-    base = HFChatModel(load_chat_model(settings))
-    tuned = HFChatModel(adapters.load_tuned_model(settings, run_id))
-    assert tuned.name == "Tuned"
+    chat = HFChatModel(load_chat_model(settings))
     question = [{"role": "user", "content": "What is the capital of France?"}]
     params = SamplingParams(temperature=0.0, max_new_tokens=12)
-    base_answer = base.stream_chat(question, params).read()
-    tuned_answer = tuned.stream_chat(question, params).read()
+    before = chat.stream_chat(question, params).read()
+    assert adapters.attach(chat, settings, run_id).name == "Tuned"
+    base_answer = chat.stream_chat(question, params).read()
+    tuned_answer = chat.stream_chat(question, params, adapter=run_id).read()
+    assert base_answer.text == before.text  # the adapter is beside the weights, not in them
     assert tuned_answer.timings.new_tokens > 0
     assert tuned_answer.text != base_answer.text
 
@@ -82,7 +83,9 @@ def test_a_damaged_adapter_gives_a_plain_message(settings) -> None:
     run_id = trained(settings, "Damaged")
     weights = settings.data_dir / "runs" / run_id / runs.ADAPTER_DIR / adapters.WEIGHTS_FILE
     weights.write_bytes(b"not safetensors")
+    chat = HFChatModel(load_chat_model(settings))
     with pytest.raises(ModelNotAvailableError, match="missing or damaged"):
-        adapters.load_tuned_model(settings, run_id)
+        adapters.attach(chat, settings, run_id)
+    assert chat.stream_chat([{"role": "user", "content": "hi"}], SamplingParams(0.0)).read().text
     weights.unlink()
     assert adapters.list_adapters(settings) == []  # no weights: not an adapter any more

@@ -4,7 +4,7 @@ import time
 import pytest
 import torch
 
-from core import models
+from core import decode, models
 from core.errors import GenerationError, InvalidInputError
 from core.generate import ChatStream, HFChatModel, SamplingParams, Timings, clean_messages
 from core.settings import Settings
@@ -63,18 +63,19 @@ def test_prompt_uses_the_chat_template_with_system_prompt_and_history(chat: HFCh
     assert notices == [] and max_new == 16
 
 
-def test_sampling_settings_reach_generate(chat: HFChatModel, monkeypatch) -> None:
-    seen = {}
-    real_generate = chat.loaded.model.generate
+def test_sampling_settings_reach_the_decoder(chat: HFChatModel, monkeypatch) -> None:
+    seen = []
+    real_decode = decode.decode
 
-    def spy(**kwargs):
-        seen.update(kwargs)
-        return real_generate(**kwargs)
+    def spy(model, rows, sampling, eos_ids, peft_model=None):
+        seen.append((sampling, [row.max_new_tokens for row in rows], eos_ids))
+        return real_decode(model, rows, sampling, eos_ids, peft_model)
 
-    monkeypatch.setattr(chat.loaded.model, "generate", spy)
+    monkeypatch.setattr(decode, "decode", spy)
     chat.stream_chat(ask("hi"), SamplingParams(temperature=0.7, top_p=0.8, max_new_tokens=5)).read()
-    assert (seen["do_sample"], seen["temperature"], seen["top_p"]) == (True, 0.7, 0.8)
-    assert seen["max_new_tokens"] == 5
+    [(sampling, lengths, eos_ids)] = seen
+    assert (sampling.temperature, sampling.top_p, lengths) == (0.7, 0.8, [5])
+    assert chat.tokenizer.eos_token_id in eos_ids
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\n\t"])
@@ -148,20 +149,20 @@ def test_closing_a_stream_early_stops_generation_and_frees_the_model(loaded) -> 
 
 
 def test_an_error_while_generating_reaches_the_reader(chat: HFChatModel, monkeypatch) -> None:
-    def broken(**kwargs):
+    def broken(*args, **kwargs):
         raise RuntimeError("shape mismatch")
 
-    monkeypatch.setattr(chat.loaded.model, "generate", broken)
+    monkeypatch.setattr(decode, "_decode", broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):  # a bug stays visible as a bug
         chat.stream_chat(ask("hi"), GREEDY).read()
     assert not chat._lock.locked()
 
 
 def test_running_out_of_memory_is_explained(chat: HFChatModel, monkeypatch) -> None:
-    def exhausted(**kwargs):
+    def exhausted(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(chat.loaded.model, "generate", exhausted)
+    monkeypatch.setattr(decode, "_decode", exhausted)
     with pytest.raises(GenerationError, match=r"ran out of memory.*Longest answer"):
         chat.stream_chat(ask("hi"), GREEDY).read()
     monkeypatch.undo()
