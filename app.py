@@ -20,6 +20,7 @@ navigation = st.navigation(
         st.Page("views/chat.py", title="Chat", icon=":material/chat:"),
         st.Page("views/knowledge.py", title="Knowledge base", icon=":material/library_books:"),
         st.Page("views/finetune.py", title="Fine-tune", icon=":material/model_training:"),
+        st.Page("views/arena.py", title="Arena", icon=":material/view_column:"),
     ]
 )
 common.sidebar()

@@ -100,6 +100,7 @@ class ChatStream:
         cancel: Callable[[], None] | None = None,
         wait: Callable[[], None] | None = None,
         ready: Callable[[], bool] | None = None,
+        prompt: str = "",
     ) -> None:
         self._pieces = pieces
         self._start = time.perf_counter()
@@ -113,6 +114,7 @@ class ChatStream:
         self._done = False
         self._seen = 0
         self.prompt_tokens = prompt_tokens
+        self.prompt = prompt  # what the model read, chat template included
         self.notices = tuple(notices)
         self.answer: Answer | None = None
 
@@ -395,6 +397,7 @@ class HFChatModel:
                 cancel=row.cancel.set,
                 wait=waiter(row),
                 ready=lambda s=streamer: not s.text_queue.empty(),
+                prompt=self.tokenizer.decode(ids),
             )
             for (ids, notices, _), row, streamer in zip(prompts, rows, streamers, strict=True)
         ]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from core.generate import ChatStream, Message, SamplingParams
+from core.generate import ChatRequest, ChatStream, Message, SamplingParams
 
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
@@ -67,20 +67,48 @@ def build_tiny_model(folder: Path) -> Path:
 
 
 class FakeChatModel:
-    """Answers with queued replies, streamed word by word, and records what it was asked."""
+    """Answers with queued replies, streamed word by word, and records what it was asked.
+
+    A reply may be a function of the request, to answer each arena mode its own way."""
 
     name = "fake-model"
 
-    def __init__(self, replies: Sequence[str] = ("Fake answer.",), notices: Sequence[str] = ()):
+    def __init__(
+        self,
+        replies: Sequence[str | Callable[[ChatRequest], str]] = ("Fake answer.",),
+        notices: Sequence[str] = (),
+    ):
         self.replies = list(replies)
         self.notices = list(notices)
         self.calls: list[tuple[list[Message], SamplingParams, str]] = []
+        self.requests: list[ChatRequest] = []
+        self.adapters: dict[str, Path] = {}
+
+    def load_adapter(self, name: str, folder: Path) -> None:
+        self.adapters[name] = folder
 
     def stream_chat(
-        self, messages: Sequence[Message], params: SamplingParams, system_prompt: str = ""
+        self,
+        messages: Sequence[Message],
+        params: SamplingParams,
+        system_prompt: str = "",
+        adapter: str | None = None,
     ) -> ChatStream:
-        self.calls.append((list(messages), params, system_prompt))
-        reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
-        words = reply.split(" ")
-        pieces = [word + (" " if i < len(words) - 1 else "") for i, word in enumerate(words)]
-        return ChatStream(iter(pieces), prompt_tokens=7, notices=self.notices)
+        return self.stream_many([ChatRequest(messages, system_prompt, adapter)], params)[0]
+
+    def stream_many(
+        self, requests: Sequence[ChatRequest], params: SamplingParams, seed: int | None = None
+    ) -> list[ChatStream]:
+        streams = []
+        for request in requests:
+            self.calls.append((list(request.messages), params, request.system_prompt))
+            self.requests.append(request)
+            reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+            text = reply(request) if callable(reply) else reply
+            words = text.split(" ")
+            pieces = [word + (" " if i < len(words) - 1 else "") for i, word in enumerate(words)]
+            prompt = "\n".join(f"{m['role']}: {m['content']}" for m in request.messages)
+            streams.append(
+                ChatStream(iter(pieces), prompt_tokens=7, notices=self.notices, prompt=prompt)
+            )
+        return streams

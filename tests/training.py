@@ -6,7 +6,10 @@ import json
 import time
 from pathlib import Path
 
-from core import jobs
+from core import jobs, trainer
+from core.datasets import parse_dataset
+from core.settings import Settings
+from core.train import TrainConfig
 
 WORDS = ["Paris", "France", "capital", "quick", "brown", "fox", "lazy", "dog", "LoRA"]
 
@@ -40,3 +43,14 @@ def wait_for(run_dir: Path, condition, timeout: float = 120) -> jobs.RunStatus:
 
 def finished(status: jobs.RunStatus) -> bool:
     return not status.active
+
+
+QUICK = TrainConfig(batch_size=4, epochs=2, max_length=64, learning_rate=5e-3)
+
+
+def trained(settings: Settings, name: str, system_prompt: str = "") -> str:
+    """An adapter trained in this process (quick with the tiny model); its run id."""
+    data = parse_dataset("facts.jsonl", alpaca_rows(40))
+    run_dir = jobs.create(settings, data, QUICK, name=name, system_prompt=system_prompt)
+    assert trainer.run(run_dir) == "completed"
+    return run_dir.name

@@ -17,28 +17,8 @@ st.caption(
 )
 
 settings_column, button_column = st.columns([3, 1], vertical_alignment="top")
-with settings_column.expander("Answer settings", icon=":material/tune:"):
-    st.text_area(
-        "System prompt", key="chat_system_prompt", help=common.help_for("system_prompt"), height=80
-    )
-    left, middle, right = st.columns(3)
-    left.slider(
-        "Temperature",
-        0.0,
-        1.5,
-        step=0.05,
-        key="chat_temperature",
-        help=common.help_for("temperature"),
-    )
-    middle.slider("Top-p", 0.05, 1.0, step=0.05, key="chat_top_p", help=common.help_for("top_p"))
-    right.number_input(
-        "Longest answer (tokens)",
-        min_value=16,
-        max_value=2048,
-        step=16,
-        key="chat_max_new_tokens",
-        help=common.help_for("max_new_tokens"),
-    )
+with settings_column:
+    common.answer_settings("chat")
 if button_column.button("New chat", icon=":material/add_comment:", key="chat_new", width="stretch"):
     st.session_state["chat_messages"] = []
 

@@ -15,8 +15,9 @@ from typing import Any
 import streamlit as st
 
 from core import models
+from core.arena import MODES
 from core.errors import StudioError
-from core.generate import ChatModel, HFChatModel, SamplingParams
+from core.generate import ChatModel, ChatStream, HFChatModel, SamplingParams
 from core.knowledge import KnowledgeStore
 from core.settings import Settings, load_settings
 from core.train import PRESETS
@@ -40,10 +41,14 @@ def init_state(settings: Settings) -> None:
     """Per-user UI state, all initialised here."""
     defaults = {
         "chat_messages": [],
-        "chat_system_prompt": settings.system_prompt,
-        "chat_temperature": settings.temperature,
-        "chat_top_p": settings.top_p,
-        "chat_max_new_tokens": settings.max_new_tokens,
+        **{
+            f"{page}_{name}": getattr(settings, name)
+            for page in ("chat", "arena")
+            for name in ("system_prompt", "temperature", "top_p", "max_new_tokens")
+        },
+        "arena_conversation": None,  # core.arena.Conversation
+        "arena_modes": list(MODES),
+        "arena_blind": False,
         "kb_chunk_size": settings.chunk_size,
         "kb_chunk_overlap": settings.chunk_overlap,
         "kb_top_k": settings.top_k,
@@ -152,20 +157,6 @@ def tokenizer(settings: Settings) -> Any:
         st.stop()
 
 
-@st.cache_resource(show_spinner=False, max_entries=1)
-def _shared_tuned_model(run_id: str, created: float, _settings: Settings) -> ChatModel:
-    # One tuned model at a time beside the base model; the arguments are the cache key.
-    from core.adapters import load_tuned_model
-
-    return HFChatModel(load_tuned_model(_settings, run_id), context_window=_settings.context_window)
-
-
-def tuned_chat_model(settings: Settings, run_id: str, created: float) -> ChatModel:
-    """The base model with an adapter merged in; raises StudioError for the caller to show."""
-    with st.spinner("Loading the tuned model…"):
-        return _shared_tuned_model(run_id, created, settings)
-
-
 def chat_model(settings: Settings) -> ChatModel:
     """The shared chat model; on a problem, a plain message and the page stops."""
     try:
@@ -200,9 +191,72 @@ def markdown_escape(text: str) -> str:
     return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$])", r"\\\1", text)
 
 
-def sampling_params() -> SamplingParams:
+def answer_settings(page: str) -> None:
+    """The decoding settings of a page (`chat`, `arena`), in an expander."""
+    with st.expander("Answer settings", icon=":material/tune:"):
+        st.text_area(
+            "System prompt",
+            key=f"{page}_system_prompt",
+            help=help_for("system_prompt"),
+            height=80,
+        )
+        left, middle, right = st.columns(3)
+        left.slider(
+            "Temperature",
+            0.0,
+            1.5,
+            step=0.05,
+            key=f"{page}_temperature",
+            help=help_for("temperature"),
+        )
+        middle.slider("Top-p", 0.05, 1.0, step=0.05, key=f"{page}_top_p", help=help_for("top_p"))
+        right.number_input(
+            "Longest answer (tokens)",
+            min_value=16,
+            max_value=2048,
+            step=16,
+            key=f"{page}_max_new_tokens",
+            help=help_for("max_new_tokens"),
+        )
+
+
+def sampling_params(page: str = "chat") -> SamplingParams:
     return SamplingParams(
-        temperature=float(st.session_state["chat_temperature"]),
-        top_p=float(st.session_state["chat_top_p"]),
-        max_new_tokens=int(st.session_state["chat_max_new_tokens"]),
+        temperature=float(st.session_state[f"{page}_temperature"]),
+        top_p=float(st.session_state[f"{page}_top_p"]),
+        max_new_tokens=int(st.session_state[f"{page}_max_new_tokens"]),
     )
+
+
+def stream_side_by_side(slots: list[Any], streams: list[ChatStream]) -> list[str]:
+    """Show several answers growing at once, each in its placeholder (`st.empty()`).
+
+    Returns, per stream, the plain message of a StudioError that ended it ('' when none)."""
+    texts = [""] * len(streams)
+    errors = [""] * len(streams)
+    pieces = [iter(stream) for stream in streams]
+    live = set(range(len(streams)))
+    shown = [-1] * len(streams)
+    while live:
+        moved = False
+        for index in sorted(live):
+            while index in live and streams[index].ready():
+                try:
+                    piece = next(pieces[index], None)
+                except StudioError as error:
+                    errors[index] = str(error)
+                    piece = None
+                if piece is None:
+                    live.discard(index)
+                else:
+                    texts[index] += piece
+                moved = True
+        for index, slot in enumerate(slots):
+            size = len(texts[index]) + (index in live)
+            if size != shown[index]:
+                shown[index] = size
+                cursor = " ▌" if index in live else ""
+                slot.markdown(texts[index] + cursor if texts[index] else cursor or " ")
+        if not moved:
+            time.sleep(0.05)
+    return errors

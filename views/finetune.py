@@ -12,6 +12,7 @@ import streamlit as st
 from core import adapters, jobs, runs
 from core.datasets import SHAPES, Dataset, parse_dataset, render, summarise
 from core.errors import StudioError
+from core.generate import ChatRequest
 from core.train import (
     PRESETS,
     Example,
@@ -429,25 +430,31 @@ def try_it(choices: list[adapters.AdapterInfo]) -> None:
         st.warning("Type a question first.")
         return
     conversation = [{"role": "user", "content": question.strip()}]
-    base_column, tuned_column = st.columns(2, border=True)
-    for column, label in ((base_column, "Base model"), (tuned_column, f"Tuned: {picked.name}")):
-        with column:
-            st.markdown(f"**{markdown_escape(label)}**")
-            try:
-                model = (
-                    common.chat_model(settings)
-                    if column is base_column
-                    else common.tuned_chat_model(settings, picked.run_id, picked.created)
-                )
-                stream = model.stream_chat(
-                    conversation, common.sampling_params(), picked.system_prompt
-                )
-                st.write_stream(iter(stream))
-                answer = stream.answer
-                if answer is not None:
-                    st.caption(answer.timings.summary())
-            except StudioError as error:
-                st.error(str(error), icon=":material/error:")
+    model = common.chat_model(settings)
+    try:
+        with st.spinner("Loading the adapter…"):
+            adapters.attach(model, settings, picked.run_id)
+        streams = model.stream_many(
+            [
+                ChatRequest(conversation, picked.system_prompt),
+                ChatRequest(conversation, picked.system_prompt, picked.run_id),
+            ],
+            common.sampling_params(),
+        )
+    except StudioError as error:
+        st.error(str(error), icon=":material/error:")
+        return
+    columns = st.columns(2, border=True)
+    slots = []
+    for column, label in zip(columns, ("Base model", f"Tuned: {picked.name}"), strict=True):
+        column.markdown(f"**{markdown_escape(label)}**")
+        slots.append(column.empty())
+    errors = common.stream_side_by_side(slots, streams)
+    for column, stream, error in zip(columns, streams, errors, strict=True):
+        if error:
+            column.error(error, icon=":material/error:")
+        elif stream.answer is not None:
+            column.caption(stream.answer.timings.summary())
 
 
 def adapter_card(adapter: adapters.AdapterInfo) -> None:

@@ -6,23 +6,11 @@ import zipfile
 
 import pytest
 
-from core import adapters, jobs, runs, trainer
-from core.datasets import parse_dataset
+from core import adapters, runs
 from core.errors import InvalidInputError, ModelNotAvailableError
 from core.generate import HFChatModel, SamplingParams
 from core.models import load_chat_model
-from core.train import TrainConfig
-from tests.training import alpaca_rows
-
-CONFIG = TrainConfig(batch_size=4, epochs=2, max_length=64, learning_rate=5e-3)
-
-
-def trained(settings, name: str) -> str:
-    """An adapter trained in this process (quick with the tiny model); its run id."""
-    data = parse_dataset("facts.jsonl", alpaca_rows(40))
-    run_dir = jobs.create(settings, data, CONFIG, name=name)
-    assert trainer.run(run_dir) == "completed"
-    return run_dir.name
+from tests.training import trained
 
 
 def test_adapters_are_listed_renamed_and_deleted(settings) -> None:
