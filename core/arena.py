@@ -74,6 +74,7 @@ class ModeAnswer:
     prompt: str = ""  # exactly what the model read, chat template included
     notices: list[str] = field(default_factory=list)
     error: str = ""  # a plain message when this mode could not answer
+    unavailable: str = ""  # "adapter" or "knowledge": what to create before this mode can answer
     prompt_tokens: int = 0
     new_tokens: int = 0
     time_to_first_token_s: float = 0.0
@@ -295,3 +296,9 @@ def to_markdown(conversation: Conversation) -> str:
         if exchange.vote:
             lines += ["", f"Blind vote: **{MODES[exchange.vote].label}**"]
     return "\n".join(lines) + "\n"
+
+
+UNAVAILABLE = {
+    "adapter": "Train an adapter first to see fine-tuned answers.",
+    "knowledge": "Create a knowledge base first to see answers that read your documents.",
+}

@@ -34,14 +34,21 @@ ATTENTION = "studio"  # our attention function's name in transformers' Attention
 
 @dataclass
 class Row:
-    """One answer to generate. `emit` receives each new token id; setting `cancel` stops the row."""
+    """One answer to generate. `emit` receives each new token id and `finish` is called once
+    the row has ended, while the others may go on; setting `cancel` stops the row."""
 
     ids: list[int]
     max_new_tokens: int
     emit: Callable[[int], None]
     adapter: str = BASE
+    finish: Callable[[], None] = lambda: None
     cancel: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
+
+    def end(self) -> None:
+        if not self.done.is_set():
+            self.done.set()
+            self.finish()
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,8 @@ def decode(
     """Generate every row to its end (an end-of-answer token, its length limit, or `cancel`).
 
     `model` is the base transformers model (with PEFT's LoRA layers inside when `peft_model`
-    wraps it). Each row's `done` is set as soon as that row ends.
+    wraps it). Each row ends (`finish`, then `done`) as soon as it is complete; on an error,
+    the rows still running get `done` without `finish`, for the caller to report the error.
     """
     if not rows:
         return
@@ -90,14 +98,14 @@ def _decode(
         new[index] += 1
         last[index, 0] = token
         if token in eos_ids or new[index] >= row.max_new_tokens or row.cancel.is_set():
-            row.done.set()
+            row.end()
 
     # 1. Read the prompts, shortest first, so that first tokens come out in that order. Rows
     # with the same prompt (a question asked with and without an adapter) are read together.
     groups: dict[tuple[int, ...], list[int]] = {}
     for index, row in enumerate(rows):
         if row.cancel.is_set() or row.max_new_tokens < 1:
-            row.done.set()
+            row.end()
         else:
             groups.setdefault(tuple(row.ids), []).append(index)
     caches: dict[int, tuple[Any, int]] = {}  # row -> (its group's cache, its place in it)
@@ -143,7 +151,7 @@ def _decode(
         while True:
             for index in active:
                 if rows[index].cancel.is_set():
-                    rows[index].done.set()
+                    rows[index].end()
             active = [i for i in active if not rows[i].done.is_set()]
             if not active:
                 return

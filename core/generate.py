@@ -101,6 +101,7 @@ class ChatStream:
         wait: Callable[[], None] | None = None,
         ready: Callable[[], bool] | None = None,
         prompt: str = "",
+        finished_at: Callable[[], float | None] | None = None,
     ) -> None:
         self._pieces = pieces
         self._start = time.perf_counter()
@@ -110,6 +111,7 @@ class ChatStream:
         self._cancel = cancel
         self._wait = wait
         self._ready = ready
+        self._finished_at = finished_at
         self._texts: list[str] = []
         self._done = False
         self._seen = 0
@@ -148,6 +150,8 @@ class ChatStream:
             # The generating thread stops at its next token; waiting for it means the model is
             # free again and no thread outlives the answer.
             self._wait()
+        # The generating side's own clock where it has one: the reader may look late.
+        end = (self._finished_at() if self._finished_at else None) or end
         first = self._first_token_at() if self._first_token_at else None
         first = first or self._first or end
         new_tokens = self._count() if self._count else self._seen
@@ -355,6 +359,7 @@ class HFChatModel:
                 max_new_tokens=max_new,
                 emit=lambda token, s=streamer: s.put(torch.tensor([token])),
                 adapter=request.adapter or decode.BASE,
+                finish=streamer.finish,
             )
             for (ids, _, max_new), request, streamer in zip(
                 prompts, requests, streamers, strict=True
@@ -372,7 +377,8 @@ class HFChatModel:
                     decode.decode(model, rows, sampling, eos, self._peft)
             except BaseException as error:  # handed to the reading threads, which re-raise it
                 for streamer in streamers:
-                    streamer.error = _plain_error(error)
+                    if not streamer.finished:  # answers already complete stay as they are
+                        streamer.error = _plain_error(error)
             finally:
                 for streamer in streamers:
                     streamer.finish()
@@ -398,6 +404,7 @@ class HFChatModel:
                 wait=waiter(row),
                 ready=lambda s=streamer: not s.text_queue.empty(),
                 prompt=self.tokenizer.decode(ids),
+                finished_at=lambda s=streamer: s.finished_at,
             )
             for (ids, notices, _), row, streamer in zip(prompts, rows, streamers, strict=True)
         ]
@@ -438,7 +445,8 @@ class _CountingStreamer(TextIteratorStreamer):
         self.new_tokens = 0
         self.first_token_at: float | None = None
         self.error: BaseException | None = None
-        self._finished = False
+        self.finished = False
+        self.finished_at: float | None = None
 
     def put(self, value: Any) -> None:
         if not self.next_tokens_are_prompt:
@@ -448,15 +456,17 @@ class _CountingStreamer(TextIteratorStreamer):
         super().put(value)
 
     def finish(self) -> None:
-        if not self._finished:
-            self._finished = True
+        if not self.finished:
+            self.finished = True
+            self.finished_at = time.perf_counter()
             if self.error is not None or self.next_tokens_are_prompt:
                 self.text_queue.put(self.stop_signal)
             else:
                 self.end()
 
     def end(self) -> None:
-        self._finished = True
+        self.finished = True
+        self.finished_at = time.perf_counter()
         super().end()
 
     def __next__(self) -> str:

@@ -105,13 +105,10 @@ def missing(key: str) -> str:
 
 def show_missing(reason: str) -> None:
     if reason == "adapter":
-        st.info("Train an adapter first to see fine-tuned answers.", icon=":material/school:")
+        st.info(arena.UNAVAILABLE[reason], icon=":material/school:")
         st.page_link("views/finetune.py", label="Go to Fine-tune", icon=":material/arrow_forward:")
     else:
-        st.info(
-            "Create a knowledge base first to see answers that read your documents.",
-            icon=":material/library_books:",
-        )
+        st.info(arena.UNAVAILABLE[reason], icon=":material/library_books:")
         st.page_link(
             "views/knowledge.py", label="Go to Knowledge base", icon=":material/arrow_forward:"
         )
@@ -162,6 +159,9 @@ def show_exchange(number: int, exchange: Exchange) -> None:
         answer = exchange.answers[key]
         with column:
             st.markdown(f"**{column_title(exchange, key, place)}**")
+            if answer.unavailable:
+                show_missing(answer.unavailable)
+                continue
             for notice in answer.notices:
                 st.warning(notice, icon=":material/info:")
             if answer.error:
@@ -192,6 +192,8 @@ def show_exchange(number: int, exchange: Exchange) -> None:
 
 
 # -- the conversation so far -----------------------------------------------------------------------
+# Read first (it is drawn at the bottom wherever it is called): the welcome gives way at once.
+question = (st.chat_input("Ask all of them", key="arena_input") or "").strip()
 if conversation is not None and conversation.exchanges:
     export_md, export_json, _ = st.columns([1, 1, 3])
     export_md.download_button(
@@ -214,7 +216,7 @@ if conversation is not None and conversation.exchanges:
     )
     for number, exchange in enumerate(conversation.exchanges):
         show_exchange(number, exchange)
-else:
+elif not question:
     st.info(
         "Ask something your documents or your training data answer, for example *What is the "
         "refund period?* Each column answers the same question its own way.",
@@ -248,10 +250,8 @@ if blind:
             )
 
 # -- a new question ------------------------------------------------------------------------------
-question = st.chat_input("Ask all of them", key="arena_input")
-if question is None or not question.strip():
+if not question:
     st.stop()
-question = question.strip()
 if conversation is None:
     adapter = by_adapter.get(adapter_id) if adapter_id else None
     conversation = Conversation(
@@ -268,6 +268,12 @@ if conversation is None:
     st.session_state["arena_conversation"] = conversation
 
 runnable = [key for key in modes if not missing(key)]
+if not runnable:
+    st.warning(
+        "None of the chosen answers can be given yet: see what each column needs above.",
+        icon=":material/block:",
+    )
+    st.stop()
 problems: dict[str, str] = {key: "" for key in runnable}
 adapter_info = by_adapter.get(adapter_id) if adapter_id else None
 if adapter_info is not None and any(MODES[k].uses_adapter for k in runnable):
@@ -307,7 +313,8 @@ except StudioError as error:
     st.error(str(error), icon=":material/error:")
     st.stop()
 
-order = arena.blind_order(runnable, secrets.randbelow(1 << 30)) if blind else runnable
+# Out of blind mode, the modes that cannot answer yet keep their column, saying what to do.
+order = arena.blind_order(runnable, secrets.randbelow(1 << 30)) if blind else modes
 with st.chat_message("user"):
     st.markdown(markdown_escape(question))
 if passages and not blind:
@@ -317,6 +324,9 @@ slots = {}
 for place, (column, key) in enumerate(zip(columns, order, strict=True)):
     with column:
         st.markdown(f"**{arena.BLIND_LABELS[place] if blind else MODES[key].label}**")
+        if missing(key):
+            show_missing(missing(key))
+            continue
         if problems[key]:
             st.error(problems[key], icon=":material/error:")
         elif MODES[key].uses_passages and not passages:
@@ -333,6 +343,10 @@ for key in order:
         answers[key] = arena.record(streams[key], errors[live.index(key)])
         if MODES[key].uses_passages and not passages:
             answers[key].notices.insert(0, arena.NO_PASSAGES)
+    elif missing(key):
+        answers[key] = arena.ModeAnswer(
+            error=arena.UNAVAILABLE[missing(key)], unavailable=missing(key)
+        )
     else:
         answers[key] = arena.ModeAnswer(error=problems[key])
 conversation.exchanges.append(

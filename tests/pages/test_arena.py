@@ -134,3 +134,14 @@ def test_answers_are_shown_as_text_never_as_html(open_page, studio, fake_model):
     assert not at.exception
     shown = [m for m in at.markdown if "onerror" in m.value]
     assert len(shown) == 4 and not any(m.proto.allow_html for m in at.markdown)
+
+
+def test_without_an_adapter_the_tuned_columns_point_to_fine_tune(open_page, fake_search, fake_model):
+    settings = load_settings()
+    kb = KnowledgeStore(settings, fake_search).create("Policies")
+    list(ingest(kb, [UploadedFile("p.txt", b"Refunds within 45 days.")], ChunkSettings(200, 20)))
+    at = ask(open_page(PAGE), "What is the refund period?")
+    assert len(fake_model.requests) == 2  # base and RAG only
+    assert texts(at.info).count("Train an adapter first") == 2
+    links = [link.proto.page for link in at.get("page_link")]
+    assert links == ["finetune", "finetune"]
