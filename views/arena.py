@@ -29,7 +29,7 @@ def new_conversation() -> None:
 
 
 # -- choices ------------------------------------------------------------------------------------
-left, middle, right = st.columns([2, 2, 3], vertical_alignment="bottom")
+left, middle, blind_column, new_column = st.columns([3, 3, 1.4, 1.6], vertical_alignment="bottom")
 adapter_id = None
 if adapter_list:
     if st.session_state.get("arena_adapter") not in by_adapter:
@@ -57,7 +57,7 @@ if kb_names:
     )
 else:
     middle.caption("No knowledge base yet.")
-modes = right.pills(
+modes = st.pills(
     "Answers to show",
     list(MODES),
     selection_mode="multi",
@@ -67,9 +67,6 @@ modes = right.pills(
 )
 modes = [key for key in MODES if key in (modes or [])]
 
-settings_column, blind_column, new_column = st.columns([3, 1, 1], vertical_alignment="top")
-with settings_column:
-    common.answer_settings("arena")
 blind_column.toggle(
     "Blind mode",
     key="arena_blind",
@@ -83,6 +80,7 @@ new_column.button(
     on_click=new_conversation,
     width="stretch",
 )
+common.answer_settings("arena")
 
 if not modes:
     st.info("Choose at least one kind of answer to show.", icon=":material/view_column:")

@@ -136,7 +136,9 @@ def test_answers_are_shown_as_text_never_as_html(open_page, studio, fake_model):
     assert len(shown) == 4 and not any(m.proto.allow_html for m in at.markdown)
 
 
-def test_without_an_adapter_the_tuned_columns_point_to_fine_tune(open_page, fake_search, fake_model):
+def test_without_an_adapter_the_tuned_columns_point_to_fine_tune(
+    open_page, fake_search, fake_model
+):
     settings = load_settings()
     kb = KnowledgeStore(settings, fake_search).create("Policies")
     list(ingest(kb, [UploadedFile("p.txt", b"Refunds within 45 days.")], ChunkSettings(200, 20)))

@@ -1,0 +1,72 @@
+"""The arena in a real browser: one question, four answers streamed side by side."""
+
+import re
+import time
+
+import pytest
+
+from core import jobs, models, trainer
+from core.datasets import parse_dataset
+from core.ingest import ChunkSettings, UploadedFile, ingest
+from core.knowledge import KnowledgeStore
+from core.settings import Settings
+from core.train import TrainConfig
+from tests.documents import pdf_bytes
+from tests.e2e.conftest import screenshot
+from tests.training import alpaca_rows
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+KB_NAME = "Arena handbook"
+
+
+@pytest.fixture(scope="module")
+def prepared(real_data_dir) -> None:
+    """A knowledge base with the fact, and an adapter (one quick training step)."""
+    settings = Settings(_env_file=None, data_dir=real_data_dir)
+    store = KnowledgeStore(settings, models.load_embeddings(settings))
+    if KB_NAME not in store.names():
+        pages = [
+            "Harbour handbook. Chapter 1: the history of the Vellmar harbour since 1871.",
+            "Chapter 2: night departures. The release code for night departures is "
+            "BLUE-HARBOR-42. Captains radio it to the tower before they leave the basin.",
+        ]
+        files = [UploadedFile("handbook.pdf", pdf_bytes(pages))]
+        list(ingest(store.create(KB_NAME), files, ChunkSettings()))
+    data = parse_dataset("tiny.jsonl", alpaca_rows(8))
+    config = TrainConfig(batch_size=4, epochs=1, max_length=64)
+    assert trainer.run(jobs.create(settings, data, config, name="Arena test adapter")) == (
+        "completed"
+    )
+
+
+def test_one_question_four_streamed_answers_two_with_sources(page, studio_url, prepared) -> None:
+    page.goto(f"{studio_url}/arena")
+    box = page.get_by_test_id("stChatInputTextArea")
+    box.wait_for(timeout=180_000)
+    page.get_by_test_id("stSelectbox").filter(has_text="Knowledge base").click()
+    page.get_by_role("option", name=KB_NAME).click()
+    page.get_by_text("Ask something your documents").wait_for()
+    screenshot(page, "20-arena-ready")
+
+    box.fill("What is the release code for night departures?")
+    box.press("Enter")
+    columns = page.get_by_test_id("stColumn").filter(has=page.get_by_text(re.compile("▌")))
+    columns.first.wait_for(timeout=60_000)  # answers arrive with a cursor while they grow
+    live = columns.count()
+    time.sleep(0.5)
+    screenshot(page, "21-arena-streaming")
+    page.get_by_text("Download JSON").wait_for(timeout=120_000)
+    screenshot(page, "22-arena-answered")
+
+    titles = ["Base model", "Fine-tuned (LoRA)", "RAG", "Fine-tuned + RAG"]
+    for title in titles:
+        assert page.get_by_text(title, exact=True).count() >= 1
+    assert live >= 1
+    assert page.get_by_text("First token").count() == 4
+    assert page.get_by_text(re.compile(r"^Sources \(\d\)$")).count() == 2
+    rag = page.get_by_test_id("stColumn").filter(has=page.get_by_text("RAG", exact=True)).last
+    assert "BLUE-HARBOR-42" in rag.inner_text()
+    page.get_by_text(re.compile(r"^Sources")).first.click()
+    page.get_by_text("handbook.pdf").first.wait_for()
+    assert page.get_by_test_id("stException").count() == 0
