@@ -46,6 +46,7 @@ bench: install
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/arena.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-artifacts

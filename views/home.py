@@ -54,14 +54,17 @@ st.markdown(
     "2. Build a **knowledge base**: drop your documents in and check that a search finds the "
     "right passages, with file and page.\n"
     "3. **Fine-tune** the model on examples of the behaviour you want, watch it learn, and ask "
-    "it beside the base model."
+    "it beside the base model.\n"
+    "4. In the **Arena**, ask one question and compare four answers side by side: base, "
+    "fine-tuned, RAG, and fine-tuned with RAG."
 )
-first, second, third = st.columns(3)
+first, second, third, fourth = st.columns(4)
 first.page_link("views/chat.py", label="Chat with the base model", icon=":material/chat:")
 second.page_link(
     "views/knowledge.py", label="Build a knowledge base", icon=":material/library_books:"
 )
 third.page_link("views/finetune.py", label="Fine-tune", icon=":material/model_training:")
+fourth.page_link("views/arena.py", label="Compare in the Arena", icon=":material/view_column:")
 
 st.subheader("This installation")
 base, embedding = st.columns(2, border=True)
