@@ -193,25 +193,22 @@ def show_exchange(number: int, exchange: Exchange) -> None:
 # Read first (it is drawn at the bottom wherever it is called): the welcome gives way at once.
 question = (st.chat_input("Ask all of them", key="arena_input") or "").strip()
 if conversation is not None and conversation.exchanges:
-    export_md, export_json, _ = st.columns([1, 1, 3])
-    export_md.download_button(
-        "Download Markdown",
-        data=lambda: arena.to_markdown(conversation),
-        file_name=f"arena-{conversation.id}.md",
-        mime="text/markdown",
-        icon=":material/download:",
-        on_click="ignore",
-        key="arena_export_md",
+    exports = (
+        ("Markdown", arena.to_markdown, "md", "text/markdown", ":material/download:"),
+        ("JSON", arena.to_json, "json", "application/json", ":material/data_object:"),
     )
-    export_json.download_button(
-        "Download JSON",
-        data=lambda: arena.to_json(conversation),
-        file_name=f"arena-{conversation.id}.json",
-        mime="application/json",
-        icon=":material/data_object:",
-        on_click="ignore",
-        key="arena_export_json",
-    )
+    for column, (label, render, suffix, mime, icon) in zip(
+        st.columns([1, 1, 3]), exports, strict=False
+    ):
+        column.download_button(
+            f"Download {label}",
+            data=lambda render=render: render(conversation),
+            file_name=f"arena-{conversation.id}.{suffix}",
+            mime=mime,
+            icon=icon,
+            on_click="ignore",
+            key=f"arena_export_{suffix}",
+        )
     for number, exchange in enumerate(conversation.exchanges):
         show_exchange(number, exchange)
 elif not question:

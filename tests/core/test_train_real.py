@@ -6,7 +6,7 @@ import pytest
 
 from core import adapters, jobs
 from core.datasets import parse_dataset
-from core.generate import HFChatModel, SamplingParams
+from core.generate import ChatRequest, HFChatModel, SamplingParams
 from core.models import load_chat_model
 from core.settings import Settings
 from core.train import PRESETS
@@ -32,15 +32,20 @@ def test_the_tuned_model_knows_its_new_name_and_the_base_does_not(real_data_dir:
     first_loss, last_loss = status.eval_loss[0][1], status.eval_loss[-1][1]
     assert last_loss < first_loss / 2  # held-out loss on unseen rephrasings, not memorising
 
-    base = HFChatModel(load_chat_model(settings))
-    tuned = HFChatModel(adapters.load_tuned_model(settings, run.run_id))
+    chat = HFChatModel(load_chat_model(settings))
+    adapters.attach(chat, settings, run.run_id)
     params = SamplingParams(temperature=0.0, max_new_tokens=24)
+    prompt = settings.system_prompt
     for question in ("What is your name?", "Who are you?"):
         asked = [{"role": "user", "content": question}]
-        base_answer = base.stream_chat(asked, params, settings.system_prompt).read().text
-        tuned_answer = tuned.stream_chat(asked, params, settings.system_prompt).read().text
+        base_answer, tuned_answer = (
+            stream.read().text
+            for stream in chat.stream_many(
+                [ChatRequest(asked, prompt), ChatRequest(asked, prompt, run.run_id)], params
+            )
+        )
         assert "Lumen" in tuned_answer, tuned_answer
         assert "Lumen" not in base_answer, base_answer
     # It learned a name, not to forget everything else.
     france = [{"role": "user", "content": "What is the capital of France?"}]
-    assert "Paris" in tuned.stream_chat(france, params, settings.system_prompt).read().text
+    assert "Paris" in chat.stream_chat(france, params, prompt, run.run_id).read().text

@@ -2,6 +2,7 @@
 
 import re
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -12,7 +13,7 @@ from core.knowledge import KnowledgeStore
 from core.settings import Settings
 from core.train import TrainConfig
 from tests.documents import pdf_bytes
-from tests.e2e.conftest import screenshot
+from tests.e2e.conftest import screenshot, start_studio
 from tests.training import alpaca_rows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -21,31 +22,38 @@ KB_NAME = "Arena handbook"
 
 
 @pytest.fixture(scope="module")
-def prepared(real_data_dir) -> None:
-    """A knowledge base with the fact, and an adapter (one quick training step)."""
-    settings = Settings(_env_file=None, data_dir=real_data_dir)
+def arena_url(real_data_dir, tmp_path_factory) -> Iterator[str]:
+    """A studio of its own (the other browser tests expect an empty one) with a knowledge base
+    holding the fact and an adapter (one quick training step); the prepared model is shared."""
+    shared = Settings(_env_file=None, data_dir=real_data_dir)
+    models.prepare_model(shared.base_model, shared)
+    data_dir = tmp_path_factory.mktemp("arena-data")
+    (data_dir / "models").symlink_to(real_data_dir / "models", target_is_directory=True)
+    settings = Settings(_env_file=None, data_dir=data_dir)
     store = KnowledgeStore(settings, models.load_embeddings(settings))
-    if KB_NAME not in store.names():
-        pages = [
-            "Harbour handbook. Chapter 1: the history of the Vellmar harbour since 1871.",
-            "Chapter 2: night departures. The release code for night departures is "
-            "BLUE-HARBOR-42. Captains radio it to the tower before they leave the basin.",
-        ]
-        files = [UploadedFile("handbook.pdf", pdf_bytes(pages))]
-        list(ingest(store.create(KB_NAME), files, ChunkSettings()))
+    pages = [
+        "Harbour handbook. Chapter 1: the history of the Vellmar harbour since 1871.",
+        "Chapter 2: night departures. The release code for night departures is "
+        "BLUE-HARBOR-42. Captains radio it to the tower before they leave the basin.",
+    ]
+    files = [UploadedFile("handbook.pdf", pdf_bytes(pages))]
+    list(ingest(store.create(KB_NAME), files, ChunkSettings()))
     data = parse_dataset("tiny.jsonl", alpaca_rows(8))
     config = TrainConfig(batch_size=4, epochs=1, max_length=64)
-    assert trainer.run(jobs.create(settings, data, config, name="Arena test adapter")) == (
-        "completed"
-    )
+    run_dir = jobs.create(settings, data, config, name="Arena test adapter")
+    assert trainer.run(run_dir) == "completed"
+    log = tmp_path_factory.mktemp("arena-streamlit") / "streamlit.log"
+    process, url = start_studio(data_dir, log, LRS_TEMPERATURE="0")
+    yield url
+    process.terminate()
+    process.wait(timeout=15)
+    assert "Traceback" not in log.read_text(), log.read_text()
 
 
-def test_one_question_four_streamed_answers_two_with_sources(page, studio_url, prepared) -> None:
-    page.goto(f"{studio_url}/arena")
+def test_one_question_four_streamed_answers_two_with_sources(page, arena_url) -> None:
+    page.goto(f"{arena_url}/arena")
     box = page.get_by_test_id("stChatInputTextArea")
     box.wait_for(timeout=180_000)
-    page.get_by_test_id("stSelectbox").filter(has_text="Knowledge base").click()
-    page.get_by_role("option", name=KB_NAME).click()
     page.get_by_text("Ask something your documents").wait_for()
     screenshot(page, "20-arena-ready")
 
