@@ -136,7 +136,7 @@ def attach(chat: ChatModel, settings: Settings, run_id: str) -> AdapterInfo:
     if not info.compatible:
         raise ModelNotAvailableError(info.incompatibility)
     _check_files(info)
-    chat.load_adapter(info.run_id, info.folder)
+    chat.load_adapter(info.run_id, info.folder, info.name)
     return info
 
 

@@ -186,7 +186,7 @@ class ChatModel(Protocol):
         self, requests: Sequence[ChatRequest], params: SamplingParams, seed: int | None = None
     ) -> list[ChatStream]: ...
 
-    def load_adapter(self, name: str, folder: Path) -> None: ...
+    def load_adapter(self, name: str, folder: Path, label: str = "") -> None: ...
 
 
 def clean_messages(messages: Sequence[Message]) -> list[Message]:
@@ -286,12 +286,13 @@ class HFChatModel:
         return ids, notices, max_new
 
     # -- adapters -------------------------------------------------------------------------------
-    def load_adapter(self, name: str, folder: Path) -> None:
+    def load_adapter(self, name: str, folder: Path, label: str = "") -> None:
         """Load a LoRA adapter beside the base weights (never merged), under `name`; the
-        most recently used few stay loaded. Raises ModelNotAvailableError for damaged files."""
-        compute.call(self._load_adapter, name, folder)
+        most recently used few stay loaded. Raises ModelNotAvailableError, naming it `label`,
+        when its files do not fit the model."""
+        compute.call(self._load_adapter, name, folder, label or name)
 
-    def _load_adapter(self, name: str, folder: Path) -> None:
+    def _load_adapter(self, name: str, folder: Path, label: str) -> None:
         with self._lock:
             if name in self._adapters:
                 self._adapters.remove(name)
@@ -317,8 +318,8 @@ class HFChatModel:
                     )
             except (OSError, ValueError, KeyError, RuntimeError) as error:
                 raise ModelNotAvailableError(
-                    f"The adapter in '{folder.name}' could not be loaded: its files do not fit "
-                    f"this model ({error.__class__.__name__}). Train it again or delete it."
+                    f"The adapter '{label}' could not be loaded: its files do not fit this model "
+                    f"({error.__class__.__name__}). Train it again or delete it."
                 ) from error
             self._peft.eval()
             self._adapters.append(name)

@@ -84,7 +84,7 @@ class FakeChatModel:
         self.requests: list[ChatRequest] = []
         self.adapters: dict[str, Path] = {}
 
-    def load_adapter(self, name: str, folder: Path) -> None:
+    def load_adapter(self, name: str, folder: Path, label: str = "") -> None:
         self.adapters[name] = folder
 
     def stream_chat(

@@ -77,3 +77,18 @@ def test_a_damaged_adapter_gives_a_plain_message(settings) -> None:
     assert chat.stream_chat([{"role": "user", "content": "hi"}], SamplingParams(0.0)).read().text
     weights.unlink()
     assert adapters.list_adapters(settings) == []  # no weights: not an adapter any more
+
+
+def test_an_adapter_that_does_not_fit_the_model_is_refused_and_the_model_still_answers(
+    settings,
+) -> None:
+    run_id = trained(settings, "Misfit")
+    config = settings.data_dir / "runs" / run_id / runs.ADAPTER_DIR / adapters.ADAPTER_CONFIG_FILE
+    data = json.loads(config.read_text())
+    config.write_text(json.dumps(data | {"target_modules": ["no_such_layer"]}))
+    chat = HFChatModel(load_chat_model(settings))
+    question = [{"role": "user", "content": "hi"}]
+    before = chat.stream_chat(question, SamplingParams(0.0)).read().text
+    with pytest.raises(ModelNotAvailableError, match="'Misfit' could not be loaded"):
+        adapters.attach(chat, settings, run_id)
+    assert chat.stream_chat(question, SamplingParams(0.0)).read().text == before
