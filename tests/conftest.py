@@ -31,6 +31,22 @@ def real_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("real-data")
 
 
+@pytest.fixture(scope="session")
+def fresh_real_data_dir(real_data_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """Makes empty data folders that share the prepared default model with `real_data_dir`, for
+    tests that add knowledge bases or adapters (other tests expect an empty studio there)."""
+    from core.models import prepare_model
+
+    def make() -> Path:
+        shared = Settings(_env_file=None, data_dir=real_data_dir)
+        prepare_model(shared.base_model, shared)
+        folder = tmp_path_factory.mktemp("real-fresh")
+        (folder / "models").symlink_to(real_data_dir / "models", target_is_directory=True)
+        return folder
+
+    return make
+
+
 @pytest.fixture
 def fake_embeddings():  # type: ignore[no-untyped-def]
     """Deterministic vectors from a hash of the text: fast, and the same text always matches."""

@@ -21,9 +21,9 @@ HANDBOOK = [
 
 
 def test_a_fact_only_in_the_document_is_answered_by_rag_and_not_by_the_base_model(
-    real_data_dir,
+    fresh_real_data_dir,
 ) -> None:
-    settings = Settings(_env_file=None, data_dir=real_data_dir)
+    settings = Settings(_env_file=None, data_dir=fresh_real_data_dir())
     chat = HFChatModel(models.load_chat_model(settings))
     kb = KnowledgeStore(settings, models.load_embeddings(settings)).create("Harbour")
     list(ingest(kb, [UploadedFile("handbook.pdf", pdf_bytes(HANDBOOK))], ChunkSettings()))

@@ -22,13 +22,10 @@ KB_NAME = "Arena handbook"
 
 
 @pytest.fixture(scope="module")
-def arena_url(real_data_dir, tmp_path_factory) -> Iterator[str]:
+def arena_url(fresh_real_data_dir, tmp_path_factory) -> Iterator[str]:
     """A studio of its own (the other browser tests expect an empty one) with a knowledge base
     holding the fact and an adapter (one quick training step); the prepared model is shared."""
-    shared = Settings(_env_file=None, data_dir=real_data_dir)
-    models.prepare_model(shared.base_model, shared)
-    data_dir = tmp_path_factory.mktemp("arena-data")
-    (data_dir / "models").symlink_to(real_data_dir / "models", target_is_directory=True)
+    data_dir = fresh_real_data_dir()
     settings = Settings(_env_file=None, data_dir=data_dir)
     store = KnowledgeStore(settings, models.load_embeddings(settings))
     pages = [

@@ -148,3 +148,11 @@ def test_without_an_adapter_the_tuned_columns_point_to_fine_tune(
     assert texts(at.info).count("Train an adapter first") == 2
     links = [link.proto.page for link in at.get("page_link")]
     assert links == ["finetune", "finetune"]
+
+
+def test_a_question_cut_to_fit_says_so_in_every_column(open_page, studio, fake_model):
+    fake_model.notices = ["Your message was too long for the model: only its first 100 tokens"]
+    at = ask(open_page(PAGE), "word " * 5000)
+    assert texts(at.warning).count("Your message was too long") == 4
+    saved = at.session_state["arena_conversation"].exchanges[0]
+    assert all(answer.notices for answer in saved.answers.values())
