@@ -4,10 +4,12 @@ import threading
 
 import pytest
 
-from core import adapters, decode
+from core import adapters, decode, jobs
+from core.datasets import parse_dataset
 from core.generate import ChatRequest, HFChatModel, SamplingParams
 from core.models import load_chat_model
-from tests.training import trained
+from core.train import TrainConfig
+from tests.training import alpaca_rows, finished, trained, wait_for
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=16)
 SHORT = [{"role": "user", "content": "What is the capital of France?"}]
@@ -34,7 +36,7 @@ def tuned(tmp_path_factory, tiny_model_dir):
     run_id = trained(settings, "Tuned")
     chat = HFChatModel(load_chat_model(settings))
     adapters.attach(chat, settings, run_id)
-    return chat, run_id
+    return chat, run_id, settings
 
 
 def four_ways(run_id: str) -> list[ChatRequest]:
@@ -47,7 +49,7 @@ def four_ways(run_id: str) -> list[ChatRequest]:
 
 
 def test_four_answers_in_one_batch_match_each_answer_alone(tuned) -> None:
-    chat, run_id = tuned
+    chat, run_id, _ = tuned
     requests = four_ways(run_id)
     together = [stream.read() for stream in chat.stream_many(requests, GREEDY)]
     alone = [
@@ -60,7 +62,7 @@ def test_four_answers_in_one_batch_match_each_answer_alone(tuned) -> None:
 
 
 def test_the_fast_adapter_path_matches_peft_mixed_batches(tuned, monkeypatch) -> None:
-    chat, run_id = tuned
+    chat, run_id, _ = tuned
     fast = [s.read().text for s in chat.stream_many(four_ways(run_id), GREEDY)]
     monkeypatch.setattr(decode, "_lora_layers", lambda peft_model, used: None)  # PEFT's path
     peft = [s.read().text for s in chat.stream_many(four_ways(run_id), GREEDY)]
@@ -68,7 +70,7 @@ def test_the_fast_adapter_path_matches_peft_mixed_batches(tuned, monkeypatch) ->
 
 
 def test_rows_end_on_their_own_and_can_be_stopped_alone(tuned) -> None:
-    chat, run_id = tuned
+    chat, run_id, _ = tuned
     params = SamplingParams(temperature=0.0, max_new_tokens=40)
     streams = chat.stream_many(four_ways(run_id), params)
     next(iter(streams[0]))
@@ -81,7 +83,7 @@ def test_rows_end_on_their_own_and_can_be_stopped_alone(tuned) -> None:
 
 
 def test_two_sessions_asking_four_ways_at_once_get_their_own_answers(tuned) -> None:
-    chat, run_id = tuned
+    chat, run_id, _ = tuned
     expected = [s.read().text for s in chat.stream_many(four_ways(run_id), GREEDY)]
     other = [ChatRequest([{"role": "user", "content": "The quick brown fox"}], "", run_id)]
     expected_other = [s.read().text for s in chat.stream_many(other, GREEDY)]
@@ -106,7 +108,7 @@ def test_two_sessions_asking_four_ways_at_once_get_their_own_answers(tuned) -> N
 
 
 def test_sampling_with_a_seed_is_repeatable(tuned) -> None:
-    chat, run_id = tuned
+    chat, run_id, _ = tuned
     params = SamplingParams(temperature=0.9, top_p=0.9, max_new_tokens=16)
     first = [s.read().text for s in chat.stream_many(four_ways(run_id), params, seed=7)]
     again = [s.read().text for s in chat.stream_many(four_ways(run_id), params, seed=7)]
@@ -114,8 +116,22 @@ def test_sampling_with_a_seed_is_repeatable(tuned) -> None:
 
 
 def test_an_adapter_not_loaded_is_refused_plainly(tuned) -> None:
-    chat, _ = tuned
+    chat, _, _ = tuned
     from core.errors import ModelNotAvailableError
 
     with pytest.raises(ModelNotAvailableError, match="not loaded"):
         chat.stream_many([ChatRequest(SHORT, "", "no-such-adapter")], GREEDY)
+
+
+def test_answers_arrive_while_a_training_run_is_in_progress(tuned) -> None:
+    chat, run_id, settings = tuned
+    busy = TrainConfig(batch_size=2, epochs=8, eval_fraction=0.05, max_length=64)
+    run = jobs.start(settings, parse_dataset("facts.jsonl", alpaca_rows(200)), busy, name="Busy")
+    try:
+        wait_for(run.folder, lambda status: status.step > 2)
+        answers = [stream.read() for stream in chat.stream_many(four_ways(run_id), GREEDY)]
+        assert all(answer.timings.new_tokens > 0 for answer in answers)
+        assert jobs.read(run.folder).active  # answered while the worker kept training
+    finally:
+        jobs.cancel(settings, run.run_id)
+        wait_for(run.folder, finished, timeout=60)
