@@ -99,7 +99,7 @@ def _decode(
         row.emit(token)
         new[index] += 1
         last[index, 0] = token
-        if token in eos_ids or new[index] >= row.max_new_tokens or row.cancel.is_set():
+        if token in eos_ids or new[index] >= row.max_new_tokens:
             row.end()
 
     # 1. Read each prompt on its own, shortest first: a short prompt never pays for a long

@@ -6,6 +6,7 @@ at once, each with its own adapter (the arena), batched on one copy of the model
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -86,7 +87,8 @@ class ChatStream:
     """An answer arriving as text pieces. Iterate it; `answer` is complete once it is exhausted.
 
     `notices` (for example that a long message was cut) are known before the first piece.
-    Closing the stream early stops the generation behind it.
+    Closing the stream early stops the generation behind it. With a `source` (the streamer the
+    model writes into), token counts and times come from the generating side's own clock.
     """
 
     def __init__(
@@ -95,23 +97,17 @@ class ChatStream:
         *,
         prompt_tokens: int,
         notices: Sequence[str] = (),
-        count_tokens: Callable[[], int] | None = None,
-        first_token_at: Callable[[], float | None] | None = None,
+        prompt: str = "",
+        source: _CountingStreamer | None = None,
         cancel: Callable[[], None] | None = None,
         wait: Callable[[], None] | None = None,
-        ready: Callable[[], bool] | None = None,
-        prompt: str = "",
-        finished_at: Callable[[], float | None] | None = None,
     ) -> None:
         self._pieces = pieces
         self._start = time.perf_counter()
         self._first: float | None = None
-        self._count = count_tokens
-        self._first_token_at = first_token_at
+        self._source = source
         self._cancel = cancel
         self._wait = wait
-        self._ready = ready
-        self._finished_at = finished_at
         self._texts: list[str] = []
         self._done = False
         self._seen = 0
@@ -136,7 +132,7 @@ class ChatStream:
 
     def ready(self) -> bool:
         """Whether the next piece (or the end) is there, so that reading it will not wait."""
-        return self._ready() if self._ready is not None else True
+        return self._source is None or not self._source.text_queue.empty()
 
     def close(self) -> None:
         """Finish the answer (stopping generation if it is still running) and fill in `answer`."""
@@ -150,11 +146,12 @@ class ChatStream:
             # The generating thread stops at its next token; waiting for it means the model is
             # free again and no thread outlives the answer.
             self._wait()
-        # The generating side's own clock where it has one: the reader may look late.
-        end = (self._finished_at() if self._finished_at else None) or end
-        first = self._first_token_at() if self._first_token_at else None
-        first = first or self._first or end
-        new_tokens = self._count() if self._count else self._seen
+        first, new_tokens = self._first, self._seen
+        if self._source is not None:  # the reader may look late: the writer's clock is exact
+            end = self._source.finished_at or end
+            first = self._source.first_token_at or first
+            new_tokens = self._source.new_tokens
+        first = first or end
         self.answer = Answer(
             text="".join(self._texts).strip(),
             timings=Timings(self.prompt_tokens, new_tokens, first - self._start, end - self._start),
@@ -298,6 +295,7 @@ class HFChatModel:
                 self._adapters.remove(name)
                 self._adapters.append(name)
                 return
+            check_adapter_files(folder, label)
             from peft import PeftModel
 
             try:
@@ -399,16 +397,31 @@ class HFChatModel:
                 iter(streamer),
                 prompt_tokens=len(ids),
                 notices=notices,
-                count_tokens=lambda s=streamer: s.new_tokens,
-                first_token_at=lambda s=streamer: s.first_token_at,
+                prompt=self.tokenizer.decode(ids),
+                source=streamer,
                 cancel=row.cancel.set,
                 wait=waiter(row),
-                ready=lambda s=streamer: not s.text_queue.empty(),
-                prompt=self.tokenizer.decode(ids),
-                finished_at=lambda s=streamer: s.finished_at,
             )
             for (ids, notices, _), row, streamer in zip(prompts, rows, streamers, strict=True)
         ]
+
+
+def check_adapter_files(folder: Path, label: str) -> None:
+    """Refuse missing or unreadable files before they touch the model. Weights are read from
+    safetensors only: PEFT would fall back to a pickled .bin file otherwise."""
+    from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        json.loads((folder / CONFIG_NAME).read_text())
+        with safe_open(str(folder / SAFETENSORS_WEIGHTS_NAME), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                handle.get_tensor(key)
+    except (OSError, ValueError, SafetensorError) as error:
+        raise ModelNotAvailableError(
+            f"The adapter '{label}' could not be loaded: its files are missing or damaged "
+            f"({error.__class__.__name__}). Train it again or delete it."
+        ) from error
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

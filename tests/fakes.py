@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from core.generate import ChatRequest, ChatStream, Message, SamplingParams
+from core.generate import ChatRequest, ChatStream, Message, SamplingParams, check_adapter_files
 
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
@@ -85,6 +85,7 @@ class FakeChatModel:
         self.adapters: dict[str, Path] = {}
 
     def load_adapter(self, name: str, folder: Path, label: str = "") -> None:
+        check_adapter_files(folder, label or name)  # damaged files fail as with the real model
         self.adapters[name] = folder
 
     def stream_chat(
