@@ -157,8 +157,14 @@ def to_messages(row: Any, shape: str) -> tuple[list[Message], list[str]]:
     return messages, problems
 
 
-def _rows(name: str, text: str) -> list[tuple[int, Any]]:
-    """(line number, parsed row) pairs; file-level problems raise InvalidInputError."""
+DATASET_COLUMNS = (("instruction", "output"), ("prompt", "completion"), ("question", "answer"))
+
+
+def read_rows(
+    name: str, text: str, csv_columns: tuple[tuple[str, ...], ...] = DATASET_COLUMNS
+) -> list[tuple[int, Any]]:
+    """(line number, parsed row) pairs of a JSONL, JSON or CSV file; a CSV needs one of the
+    `csv_columns` sets. File-level problems raise InvalidInputError."""
     kind = name.rsplit(".", 1)[-1].lower() if "." in name else ""
     if kind == "jsonl":
         rows: list[tuple[int, Any]] = []
@@ -206,29 +212,30 @@ def _rows(name: str, text: str) -> list[tuple[int, Any]]:
             ]
         except csv.Error as error:
             raise InvalidInputError(f"The CSV file could not be read: {error}.") from None
-        known = [("instruction", "output"), ("prompt", "completion"), ("question", "answer")]
-        if not any(set(pair) <= set(header) for pair in known):
+        if not any(set(columns) <= set(header) for columns in csv_columns):
             have = ", ".join(f"'{h}'" for h in header) or "none"
-            raise InvalidInputError(
-                "The CSV needs the columns 'instruction' and 'output', or 'prompt' and "
-                f"'completion', or 'question' and 'answer'. Its columns: {have}."
-            )
+            needed = ", or ".join(" and ".join(f"'{c}'" for c in cs) for cs in csv_columns)
+            raise InvalidInputError(f"The CSV needs the columns {needed}. Its columns: {have}.")
         return rows
     raise InvalidInputError("Upload a .jsonl, .json or .csv file.")
 
 
-def parse_dataset(name: str, data: bytes, max_problems: int = 200) -> Dataset:
-    """Read a dataset and check every row; problems are collected, never raised one by one."""
+def decode_text(data: bytes) -> str:
+    """An uploaded file's text; an empty or non-UTF-8 file is refused in plain words."""
     if not data.strip():
         raise InvalidInputError("The file is empty.")
     try:
-        text = data.decode("utf-8-sig")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise InvalidInputError(
             f"The file is not UTF-8 text (byte {error.start} cannot be read). Save it as UTF-8 "
             "and upload it again."
         ) from None
-    rows = _rows(name, text)
+
+
+def parse_dataset(name: str, data: bytes, max_problems: int = 200) -> Dataset:
+    """Read a dataset and check every row; problems are collected, never raised one by one."""
+    rows = read_rows(name, decode_text(data))
     if not rows:
         raise InvalidInputError("The file has no examples.")
     first = next((row for _, row in rows if isinstance(row, dict)), None)

@@ -77,6 +77,13 @@ def _bm25(kb: KnowledgeBase) -> Any:
     return index
 
 
+def forget(collection_name: str) -> None:
+    """Drop the keyword index of a collection that is gone."""
+    with _bm25_lock:
+        for stale in [k for k in _bm25_cache if k[1] == collection_name]:
+            del _bm25_cache[stale]
+
+
 def search(kb: KnowledgeBase, query: str, top_k: int = 4, candidates: int = 20) -> SearchResult:
     """The `top_k` best passages for `query`, from complete documents only."""
     start = time.perf_counter()

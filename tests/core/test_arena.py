@@ -30,10 +30,9 @@ def test_rag_and_hybrid_read_the_passages_with_citations_base_and_tuned_do_not()
     built = ask_all(Conversation())
     for key in ("rag", "hybrid"):
         content = built[key].messages[-1]["content"]
-        assert "[1] (policy.pdf, page 3)\nRefunds are possible within 45 days." in content
-        assert "[2] (notes.txt)\nThe release code is BLUE-HARBOR-42." in content
-        assert content.endswith("Question: What is the refund period?")
-        assert "Cite the passages" in content
+        assert "[1] Refunds are possible within 45 days.\n(Source: policy.pdf, page 3)" in content
+        assert "[2] The release code is BLUE-HARBOR-42.\n(Source: notes.txt)" in content
+        assert "Question: What is the refund period?\nAnswer briefly, citing" in content
     for key in ("base", "tuned"):
         assert built[key].messages == [{"role": "user", "content": "What is the refund period?"}]
     assert [built[k].adapter for k in MODES] == [None, "run-1", None, "run-1"]
@@ -74,7 +73,7 @@ def test_ask_streams_every_mode_in_one_batch_and_records_the_answers() -> None:
     assert list(streams) == list(MODES)
     answers = {key: arena.record(stream.read() and stream) for key, stream in streams.items()}
     assert answers["hybrid"].text == "answer with run-1"
-    assert answers["rag"].prompt.startswith("user: Answer the question using the passages")
+    assert answers["rag"].prompt.startswith("user: Use these passages to answer.")
     assert answers["base"].new_tokens == 3 and answers["base"].total_s >= 0
 
 

@@ -33,7 +33,7 @@ def test_a_fact_only_in_the_document_is_answered_by_rag_and_not_by_the_base_mode
     built = arena.requests(
         arena.Conversation(), question, found.passages, ["base", "rag"], settings.system_prompt
     )
-    assert "[1] (handbook.pdf, page 2)" in built["rag"].messages[-1]["content"]
+    assert "(Source: handbook.pdf, page 2)" in built["rag"].messages[-1]["content"]
     streams = arena.ask(chat, built, SamplingParams(temperature=0.0, max_new_tokens=48))
     answers = {key: stream.read().text for key, stream in streams.items()}
     assert "BLUE-HARBOR-42" in answers["rag"], answers

@@ -1,0 +1,179 @@
+"""The verdict of an evaluation in plain words: LoRA, RAG, both, neither, or not clear yet.
+
+Computed from the per-question right/wrong marks of each mode. One mode "beats" another when the
+paired bootstrap interval of their difference on the same questions lies above zero, so a lead
+that a few lucky questions could explain is not called a win. Among modes that do equally well,
+the cheaper one is recommended: base, then RAG (no training, follows document edits), then LoRA,
+then both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.arena import MODES
+from core.metrics import paired_difference
+from core.train import short_duration
+
+FEW_QUESTIONS = 20
+GOOD_ENOUGH = 0.5  # the base model answering half the questions right already needs no help
+_CHEAPEST_FIRST = ("base", "rag", "tuned", "hybrid")
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    choice: str  # rag, lora, both, base, unclear, none
+    headline: str  # one sentence: what to use
+    reasons: list[str] = field(default_factory=list)  # the numbers behind it
+    cautions: list[str] = field(default_factory=list)  # how sure it is, what to check
+
+
+def _count(marks: Sequence[bool]) -> int:
+    return sum(bool(m) for m in marks)
+
+
+def recommend(
+    correct: Mapping[str, Sequence[bool]],
+    hit_rate: float | None = None,
+    seed: int = 0,
+) -> Recommendation:
+    """The recommendation for per-mode right/wrong marks on the same questions."""
+    modes = [m for m in _CHEAPEST_FIRST if m in correct]
+    if not modes or not correct[modes[0]]:
+        return Recommendation("none", "There are no answers to compare yet.")
+    n = len(correct[modes[0]])
+    right = {m: _count(correct[m]) for m in modes}
+
+    def beats(a: str, b: str) -> bool:
+        if a not in right or b not in right:
+            return False
+        marks_a = [float(x) for x in correct[a]]
+        marks_b = [float(x) for x in correct[b]]
+        return paired_difference(marks_a, marks_b, seed).low > 0
+
+    def said(mode: str) -> str:
+        return f"{_name(mode)} answered {right[mode]} of {n} correctly"
+
+    reasons = [_sentence(f"{said(m)}.") for m in sorted(modes, key=lambda m: -right[m])]
+    cautions = []
+    if n < FEW_QUESTIONS:
+        cautions.append(
+            f"Only {n} question{'s' if n != 1 else ''}: each one moves a score by "
+            f"{100 / n:.0f} points, so treat this as a first look. {FEW_QUESTIONS} or more "
+            "give a firmer answer."
+        )
+    best = max(modes, key=lambda m: (right[m], -_CHEAPEST_FIRST.index(m)))
+    if right[best] == 0:
+        return Recommendation(
+            "none",
+            "None of the modes answered any question correctly, so there is nothing to choose "
+            "yet. Check the reference answers (are they short and written as the documents "
+            "say them?) and that your documents contain the answers.",
+            reasons,
+            cautions,
+        )
+    if hit_rate is not None and "rag" in right and hit_rate < 0.5:
+        cautions.append(
+            f"The retrieved passages held the answer for only {hit_rate:.0%} of the questions: "
+            "RAG can do better when retrieval finds more (more passages per question, smaller "
+            "passages, or documents that state the answers)."
+        )
+
+    others = [m for m in modes if m != "base"]
+    if (
+        "base" in right
+        and right["base"] / n >= GOOD_ENOUGH
+        and not any(beats(m, "base") for m in others)
+    ):
+        return Recommendation(
+            "base",
+            _sentence(
+                f"{said('base')} and nothing did clearly better: for these questions you may need "
+                "neither RAG nor fine-tuning."
+            ),
+            reasons,
+            cautions,
+        )
+    if beats("hybrid", "rag") and beats("hybrid", "tuned"):
+        return Recommendation(
+            "both",
+            f"{said('hybrid')}, {_name('rag')} {right['rag']} and {_name('tuned')} "
+            f"{right['tuned']}: the adapter and the documents help each other here, so use "
+            "both.",
+            reasons,
+            cautions,
+        )
+    rag_wins = beats("rag", "base") and ("tuned" not in right or beats("rag", "tuned"))
+    if rag_wins:
+        rival = "tuned" if "tuned" in right else "base"
+        return Recommendation(
+            "rag",
+            f"{said('rag')}, {_name(rival)} {right[rival]} of {n}: your questions ask for facts "
+            "in your documents, so use RAG. It also follows your documents when they change, "
+            "without training again.",
+            reasons,
+            cautions,
+        )
+    lora_wins = beats("tuned", "base") and ("rag" not in right or beats("tuned", "rag"))
+    if lora_wins:
+        rival = "rag" if "rag" in right else "base"
+        return Recommendation(
+            "lora",
+            _sentence(
+                f"{said('tuned')}, {_name(rival)} {right[rival]} of {n}: what your questions need "
+                "is what the adapter learned from your training data (its knowledge, wording or "
+                "format), so use the fine-tuned model."
+            ),
+            reasons,
+            cautions,
+        )
+    leader, runner = sorted(modes, key=lambda m: (-right[m], _CHEAPEST_FIRST.index(m)))[:2]
+    return Recommendation(
+        "unclear",
+        f"No clear winner: {said(leader)} and {_name(runner)} {right[runner]} of {n}, a "
+        f"difference that chance could explain with {n} questions. Add questions to decide"
+        + (
+            f"; until then {_name(leader)} is the better bet."
+            if right[leader] > right[runner]
+            else "."
+        ),
+        reasons,
+        cautions,
+    )
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _name(mode: str) -> str:
+    return {"base": "the base model", "tuned": "the tuned model"}.get(mode, MODES[mode].label)
+
+
+def costs(
+    info: Mapping[str, Any], answer_seconds: Mapping[str, float], batch_note: str = ""
+) -> list[str]:
+    """What each option costs, in plain words, from the report's cost snapshot."""
+    lines = []
+    if info.get("training_s"):
+        lines.append(
+            f"Fine-tuning: training took {short_duration(float(info['training_s']))}; the "
+            f"adapter is {_size(int(info.get('adapter_bytes', 0)))} and must be trained again "
+            "when the facts change."
+        )
+    if info.get("kb_passages") is not None:
+        lines.append(
+            f"RAG: the knowledge base holds {info['kb_passages']} passages from "
+            f"{info.get('kb_documents', 0)} documents ({_size(int(info.get('kb_bytes', 0)))}); "
+            "an edited document counts at once."
+        )
+    if answer_seconds:
+        times = ", ".join(f"{MODES[m].label} {s:.1f} s" for m, s in answer_seconds.items())
+        lines.append(f"Time per answer (median{batch_note}): {times}.")
+    return lines
+
+
+def _size(count: int) -> str:
+    return f"{count / 1e6:.1f} MB" if count >= 100_000 else f"{count / 1e3:.0f} KB"
