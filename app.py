@@ -21,6 +21,7 @@ navigation = st.navigation(
         st.Page("views/knowledge.py", title="Knowledge base", icon=":material/library_books:"),
         st.Page("views/finetune.py", title="Fine-tune", icon=":material/model_training:"),
         st.Page("views/arena.py", title="Arena", icon=":material/view_column:"),
+        st.Page("views/evaluate.py", title="Evaluate", icon=":material/fact_check:"),
     ]
 )
 common.sidebar()

@@ -15,6 +15,7 @@ from core.datasets import Problem, decode_text, read_rows
 from core.errors import InvalidInputError
 from core.generate import ChatModel, ChatRequest, SamplingParams
 from core.jobs import run_folder
+from core.knowledge import KnowledgeBase
 from core.metrics import normalise
 from core.retrieve import Passage
 from core.settings import Settings
@@ -268,6 +269,26 @@ def clean_question(text: str, answer: str) -> str:
         if line.endswith("?") and len(line) > 8 and normalise(answer) not in normalise(line):
             return line
     return ""
+
+
+def knowledge_passages(kb: KnowledgeBase, limit: int = 5000) -> list[Passage]:
+    """Passages of the knowledge base's complete documents to write questions about."""
+    complete = {d.doc_id for d in kb.documents() if d.status == "complete"}
+    stored = kb.store.get(include=["documents", "metadatas"], limit=limit)
+    return [
+        Passage(
+            text=text,
+            source=str(meta.get("source", "")),
+            page=int(meta.get("page", 0) or 0),
+            passage=int(meta.get("passage", 0)),
+            doc_id=str(meta.get("doc_id")),
+            score=0.0,
+            similarity=None,
+            found_by=(),
+        )
+        for text, meta in zip(stored["documents"], stored["metadatas"], strict=True)
+        if meta.get("doc_id") in complete
+    ]
 
 
 def generate_questions(

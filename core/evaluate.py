@@ -33,13 +33,20 @@ from core.settings import Settings
 log = logging.getLogger(__name__)
 QUESTIONS_PER_BATCH = 2  # 2 questions x 4 modes = 8 answers decoded together
 
+# key -> (short mark for tables, plain sentence)
 REASONS = {
-    "not_retrieved": "Not retrieved: the passages found did not contain the answer.",
-    "not_used": "Retrieved but not used: the answer was in the passages, the model missed it.",
-    "not_learned": "Not learned by the adapter.",
-    "forgotten": "The adapter lost what the base model knew.",
-    "base_knew": "The base model already knew it.",
-    "base_missed": "The base model did not know it.",
+    "not_retrieved": (
+        "not retrieved",
+        "Not retrieved: the passages found did not contain the answer.",
+    ),
+    "not_used": (
+        "retrieved but not used",
+        "Retrieved but not used: the answer was in the passages, the model missed it.",
+    ),
+    "not_learned": ("not learned", "Not learned by the adapter."),
+    "forgotten": ("forgotten", "The adapter lost what the base model knew."),
+    "base_knew": ("already knew it", "The base model already knew it."),
+    "base_missed": ("did not know it", "The base model did not know it."),
 }
 
 

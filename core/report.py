@@ -49,10 +49,11 @@ def verdict(report: Report) -> Verdict:
 def mark(report_result: Any, mode: str) -> str:
     """'✓' or '✗ reason' for one answer in the per-question table."""
     if report_result.answers[mode].error:
-        return "✗ no answer: " + report_result.answers[mode].error
+        return "✗ no answer"
+    reason = report_result.reasons.get(mode)
     if report_result.correct(mode):
-        return "✓"
-    return "✗ " + REASONS[report_result.reasons[mode]].split(":")[0].rstrip(".")
+        return f"✓ {REASONS[reason][0]}" if reason else "✓"
+    return f"✗ {REASONS[reason][0]}"
 
 
 def score_rows(summaries: dict[str, ModeSummary]) -> list[dict[str, Any]]:
@@ -67,8 +68,8 @@ def score_rows(summaries: dict[str, ModeSummary]) -> list[dict[str, Any]]:
                 "95% interval": f"{100 * s.accuracy.low:.0f}-{100 * s.accuracy.high:.0f}",
                 "Token F1 (%)": round(100 * s.f1.mean),
                 "Exact match (%)": round(100 * s.exact),
-                "Answer found (%)": (
-                    round(100 * s.hit_rate.mean) if s.hit_rate is not None else None
+                "Answer retrieved (%)": (
+                    round(100 * s.hit_rate.mean) if s.hit_rate is not None else "-"
                 ),
                 "First token (s)": round(s.time_to_first_token_s, 2),
                 "Total (s)": round(s.total_s, 2),

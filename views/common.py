@@ -49,6 +49,15 @@ def init_state(settings: Settings) -> None:
         "arena_conversation": None,  # core.arena.Conversation
         "arena_modes": list(MODES),
         "arena_blind": False,
+        "eval_items": [],  # {"question", "reference", "accepted"} rows, before they are edited
+        "eval_source": "",
+        "eval_round": 0,  # bumped when new questions arrive: a fresh editor and uploader
+        "eval_problems": [],
+        "eval_source_choice": "upload",
+        "eval_generate_count": 10,
+        "eval_max_new_tokens": 96,
+        "eval_name": "",
+        "eval_report_id": None,  # the evaluation shown
         "kb_chunk_size": settings.chunk_size,
         "kb_chunk_overlap": settings.chunk_overlap,
         "kb_top_k": settings.top_k,

@@ -56,15 +56,18 @@ st.markdown(
     "3. **Fine-tune** the model on examples of the behaviour you want, watch it learn, and ask "
     "it beside the base model.\n"
     "4. In the **Arena**, ask one question and compare four answers side by side: base, "
-    "fine-tuned, RAG, and fine-tuned with RAG."
+    "fine-tuned, RAG, and fine-tuned with RAG.\n"
+    "5. **Evaluate** on your own questions with known answers: see which mode gets them right, "
+    "and get a recommendation with its costs."
 )
-first, second, third, fourth = st.columns(4)
+first, second, third, fourth, fifth = st.columns(5)
 first.page_link("views/chat.py", label="Chat with the base model", icon=":material/chat:")
 second.page_link(
     "views/knowledge.py", label="Build a knowledge base", icon=":material/library_books:"
 )
 third.page_link("views/finetune.py", label="Fine-tune", icon=":material/model_training:")
 fourth.page_link("views/arena.py", label="Compare in the Arena", icon=":material/view_column:")
+fifth.page_link("views/evaluate.py", label="Evaluate and decide", icon=":material/fact_check:")
 
 st.subheader("This installation")
 base, embedding = st.columns(2, border=True)
