@@ -42,7 +42,10 @@ def test_jsonl_with_references_accepted_answers_and_bad_rows() -> None:
 
 
 def test_csv_with_accepted_answers_separated_by_bars() -> None:
-    data = b"question,reference,accepted\nWho is the harbour master?,Ingrid Solberg,Solberg | Ms Solberg\n"
+    data = (
+        b"question,reference,accepted\n"
+        b"Who is the harbour master?,Ingrid Solberg,Solberg | Ms Solberg\n"
+    )
     (item,) = evalset.parse_eval_set("q.csv", data).items
     assert item == EvalItem(
         "Who is the harbour master?", "Ingrid Solberg", ["Solberg", "Ms Solberg"], "line 2"
@@ -117,9 +120,9 @@ def test_overlap_finds_reworded_case_and_questions_inside_longer_prompts(setting
             {
                 "instruction": "Please answer: what is the release code for night departures?",
                 "output": "X",
-            }
-        ]
-        + ROWS,
+            },
+            *ROWS,
+        ],
         0.0,
     )
     items = [
