@@ -69,7 +69,7 @@ def score_rows(summaries: dict[str, ModeSummary]) -> list[dict[str, Any]]:
                 "Token F1 (%)": round(100 * s.f1.mean),
                 "Exact match (%)": round(100 * s.exact),
                 "Answer retrieved (%)": (
-                    round(100 * s.hit_rate.mean) if s.hit_rate is not None else "-"
+                    round(100 * s.hit_rate.mean) if s.hit_rate is not None else None
                 ),
                 "First token (s)": round(s.time_to_first_token_s, 2),
                 "Total (s)": round(s.total_s, 2),
