@@ -17,7 +17,7 @@ from core import runs
 from core.errors import InvalidInputError, ModelNotAvailableError
 from core.generate import ChatModel
 from core.jobs import delete_run, run_folder, runs_dir
-from core.settings import Settings
+from core.settings import Settings, check_writable
 
 WEIGHTS_FILE = "adapter_model.safetensors"  # PEFT's names (peft.utils), without importing it
 ADAPTER_CONFIG_FILE = "adapter_config.json"
@@ -100,6 +100,7 @@ def get(settings: Settings, run_id: str) -> AdapterInfo:
 
 
 def rename(settings: Settings, run_id: str, new_name: str) -> AdapterInfo:
+    check_writable(settings, "Renaming adapters")
     name = " ".join(new_name.split())
     if not name:
         raise InvalidInputError("Give the adapter a name.")

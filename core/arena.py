@@ -25,7 +25,7 @@ from typing import Any
 from core.generate import ChatModel, ChatRequest, ChatStream, Message, SamplingParams
 from core.retrieve import Passage
 from core.runs import atomic_write_json
-from core.settings import Settings
+from core.settings import Settings, check_writable
 
 
 @dataclass(frozen=True)
@@ -203,6 +203,7 @@ def arena_dir(settings: Settings) -> Path:
 
 
 def save(settings: Settings, conversation: Conversation) -> Path:
+    check_writable(settings, "Saving conversations")
     path = arena_dir(settings) / "conversations" / f"{conversation.id}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, asdict(conversation))
@@ -218,6 +219,7 @@ def load(settings: Settings, conversation_id: str) -> Conversation:
 
 def record_vote(settings: Settings, exchange: Exchange, winner: str) -> None:
     """Store a blind vote: which mode won among those shown."""
+    check_writable(settings, "Voting")
     if winner not in exchange.blind_order:
         raise ValueError(f"'{winner}' was not one of the answers shown")
     exchange.vote = winner

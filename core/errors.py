@@ -23,3 +23,7 @@ class KnowledgeBaseError(StudioError):
 
 class DocumentError(StudioError):
     """One uploaded document cannot be added; the others carry on."""
+
+
+class ReadOnlyError(StudioError):
+    """A change was asked of a studio that presents a demo read-only."""

@@ -28,7 +28,7 @@ from core.knowledge import KnowledgeBase
 from core.metrics import Interval, bootstrap_mean, contains, score
 from core.retrieve import search
 from core.runs import atomic_write_json
-from core.settings import Settings
+from core.settings import Settings, check_writable
 
 log = logging.getLogger(__name__)
 QUESTIONS_PER_BATCH = 2  # 2 questions x 4 modes = 8 answers decoded together
@@ -267,6 +267,7 @@ def _path(settings: Settings, report_id: str) -> Path:
 
 
 def save(settings: Settings, report: Report) -> None:
+    check_writable(settings, "Saving evaluations")
     path = _path(settings, report.id)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, asdict(report))
@@ -291,6 +292,7 @@ def list_reports(settings: Settings) -> list[Report]:
 
 
 def delete(settings: Settings, report_id: str) -> None:
+    check_writable(settings, "Deleting evaluations")
     if is_running(report_id):
         raise InvalidInputError("This evaluation is still running: cancel it first.")
     _path(settings, report_id).unlink(missing_ok=True)
@@ -348,6 +350,7 @@ def start(
     batch: int = QUESTIONS_PER_BATCH,
 ) -> Job:
     """Answer the report's remaining questions in the background; one evaluation at a time."""
+    check_writable(settings, "Running evaluations")
     with _jobs_lock:
         if any(job.alive for job in _jobs.values()):
             raise InvalidInputError(
@@ -372,6 +375,7 @@ def run(
     batch: int = QUESTIONS_PER_BATCH,
 ) -> Report:
     """Answer every remaining question now, in this thread (tests, benchmarks)."""
+    check_writable(settings, "Running evaluations")
     job = Job(report)
     _run(job, settings, chat, kb, batch)
     return report

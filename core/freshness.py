@@ -25,7 +25,7 @@ from core.evalset import EvalItem
 from core.generate import ChatModel
 from core.knowledge import KnowledgeBase, client_for
 from core.metrics import contains
-from core.settings import Settings
+from core.settings import Settings, check_writable
 
 _BATCH = 1000
 
@@ -128,6 +128,7 @@ def check(
 ) -> FreshnessResult:
     """Change the answer of question `index` in a copy of the documents, ask it again in every
     mode, and say which modes follow the new fact. The result is saved with the report."""
+    check_writable(settings, "The freshness check")
     if not 0 <= index < report.done:
         raise InvalidInputError("Choose one of the evaluated questions.")
     asked = report.results[index]

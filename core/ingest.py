@@ -24,7 +24,7 @@ from typing import Literal
 
 from core.errors import DocumentError
 from core.knowledge import DocumentRecord, KnowledgeBase, process_alive, this_process
-from core.settings import Settings
+from core.settings import Settings, check_writable
 
 FILE_TYPES = {"pdf": "PDF", "txt": "Text", "md": "Markdown", "docx": "Word", "html": "HTML"}
 _ALIASES = {"htm": "html", "markdown": "md", "text": "txt"}
@@ -309,6 +309,7 @@ def ingest(
     kb: KnowledgeBase, files: Sequence[UploadedFile], chunking: ChunkSettings
 ) -> Iterator[IngestEvent]:
     """Add files to `kb`, yielding an event as each one starts, progresses and ends."""
+    check_writable(kb.settings, "Adding documents")
     total = max(len(files), 1)
     # Read and split the next file while this one is embedded (reading PDFs runs in a child
     # process, so it uses the other core).

@@ -25,7 +25,7 @@ from core.datasets import Dataset
 from core.errors import InvalidInputError
 from core.knowledge import process_alive
 from core.models import load_tokenizer, prepare_model, resolve_device, resolve_dtype
-from core.settings import Settings
+from core.settings import Settings, check_writable
 from core.train import TrainConfig, preflight, prepare_examples
 
 ACTIVE_STATES = ("starting", "loading", "training", "cancelling", "saving")
@@ -154,6 +154,7 @@ def create(
 ) -> Path:
     """Check the data and write a new run folder, without starting it. Bad data is refused
     here, before anything is written."""
+    check_writable(settings, "Training")
     config.validate()
     if not dataset.valid:
         raise InvalidInputError("The dataset has problems: fix them before training.")
@@ -190,6 +191,7 @@ def create(
 def start(settings: Settings, dataset: Dataset, config: TrainConfig, **options: str) -> RunStatus:
     """Write a new run (`options` as for `create`) and start its worker. Refused while another
     run is in progress."""
+    check_writable(settings, "Training")
     folder = runs_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder / ".start.lock")):
@@ -210,6 +212,7 @@ def _refuse_if_busy(settings: Settings, doing: str) -> None:
 
 def resume(settings: Settings, run_id: str) -> RunStatus:
     """Carry on an interrupted run from its last complete checkpoint."""
+    check_writable(settings, "Training")
     run_dir = run_folder(settings, run_id)
     with FileLock(str(runs_dir(settings) / ".start.lock")):
         _refuse_if_busy(settings, "resuming")
@@ -257,12 +260,14 @@ def _spawn(run_dir: Path, *flags: str) -> None:
 
 def cancel(settings: Settings, run_id: str) -> None:
     """Ask the worker to stop after its current step; no adapter is kept."""
+    check_writable(settings, "Cancelling training")
     run_dir = run_folder(settings, run_id)
     (run_dir / runs.CANCEL_FILE).write_text(str(time.time()))
 
 
 def delete_run(settings: Settings, run_id: str) -> None:
     """Delete a run with everything in it, its adapter included."""
+    check_writable(settings, "Deleting")
     run_dir = run_folder(settings, run_id)
     if read(run_dir).active:
         raise InvalidInputError("This run is still training: cancel it first.")

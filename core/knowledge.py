@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import KnowledgeBaseError
-from core.settings import Settings
+from core.settings import Settings, check_writable
 
 _NAME = re.compile(r"^[\w][\w .\-]{0,62}[\w.]$|^\w$")
 _SCHEMA = """
@@ -237,6 +237,7 @@ class KnowledgeBase:
 
     def delete_document(self, doc_id: str) -> DocumentRecord:
         """Remove a document, its passages and (when no other record shares it) its file."""
+        check_writable(self.settings, "Deleting documents")
         matches = [d for d in self.documents() if d.doc_id == doc_id]
         if not matches:
             raise KnowledgeBaseError("That document is no longer in the knowledge base.")
@@ -284,6 +285,7 @@ class KnowledgeStore:
         return self.root / slug(name)
 
     def create(self, name: str) -> KnowledgeBase:
+        check_writable(self.settings, "Creating a knowledge base")
         name = validate_name(name)
         folder = self._folder(name)
         if (folder / "catalog.sqlite").exists():
@@ -314,6 +316,7 @@ class KnowledgeStore:
         return kb
 
     def delete(self, name: str) -> None:
+        check_writable(self.settings, "Deleting a knowledge base")
         folder = self._folder(name)
         if not (folder / "catalog.sqlite").exists():
             raise KnowledgeBaseError(f"There is no knowledge base called '{name}'.")
@@ -322,3 +325,22 @@ class KnowledgeStore:
         with contextlib.suppress(NotFoundError):  # no passages were ever added: nothing to drop
             client_for(self.settings).delete_collection(folder.name)
         shutil.rmtree(folder)
+
+    def rename(self, old: str, new: str) -> None:
+        """Give a knowledge base another name: its folder, collection and catalog move along."""
+        check_writable(self.settings, "Renaming a knowledge base")
+        new = validate_name(new)
+        source, target = self._folder(old), self._folder(new)
+        if not (source / "catalog.sqlite").exists():
+            raise KnowledgeBaseError(f"There is no knowledge base called '{old}'.")
+        if target.exists():
+            raise KnowledgeBaseError(f"A knowledge base called '{new}' already exists.")
+        from chromadb.errors import NotFoundError
+
+        from core.retrieve import forget
+
+        with contextlib.suppress(NotFoundError):  # no passages were ever added: nothing to move
+            client_for(self.settings).get_collection(source.name).modify(name=target.name)
+        source.rename(target)
+        Catalog(target / "catalog.sqlite").set_meta(name=new)
+        forget(source.name)

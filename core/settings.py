@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.errors import InvalidInputError
+from core.errors import InvalidInputError, ReadOnlyError
 
 EMBEDDED_BASE_MODEL = "embedded:SmolLM2-135M-Instruct"
 EMBEDDED_EMBEDDING_MODEL = "embedded:all-MiniLM-L6-v2"
@@ -115,6 +115,34 @@ class Settings(BaseSettings):
         description="Most memory reading one PDF may use before it is given up as broken.",
     )
 
+    max_bundle_mb: int = Field(
+        1024,
+        ge=1,
+        description="The largest demo bundle that can be imported, unpacked, in MB. Larger "
+        "bundles (and zip bombs) are refused before anything is written.",
+    )
+    model_cache_dir: Path | None = Field(
+        None,
+        description="Where prepared models are cached. Empty: the 'models' folder inside the "
+        "data folder.",
+    )
+    demo_bundle: Path | None = Field(
+        None,
+        description="A demo bundle (.zip made on the Share page) to present read-only: the "
+        "studio opens it instead of the data folder, and uploading, training, importing and "
+        "deleting are turned off. Empty: the full studio.",
+    )
+    demo_password: SecretStr | None = Field(
+        None,
+        description="A password visitors must type to open the studio. Empty: no password "
+        "(a 'demo_password' in Streamlit's secrets.toml works too).",
+    )
+    read_only: bool = Field(
+        False,
+        description="Refuse every change: no uploads, training, imports or deletions. Demo mode "
+        "turns it on.",
+    )
+
     @field_validator("base_model", "embedding_model")
     @classmethod
     def _not_blank(cls, value: str) -> str:
@@ -126,7 +154,7 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         """Where converted and downloaded models are cached."""
-        return self.data_dir / "models"
+        return self.model_cache_dir or self.data_dir / "models"
 
     @property
     def knowledge_dir(self) -> Path:
@@ -138,6 +166,16 @@ class Settings(BaseSettings):
         if self.chunk_overlap >= self.chunk_size:
             raise ValueError("LRS_CHUNK_OVERLAP must be smaller than LRS_CHUNK_SIZE")
         return self
+
+
+def check_writable(settings: Settings, doing: str) -> None:
+    """Refuse a change in read-only mode, whatever the page shows; `doing` completes
+    "... is turned off", for example "Uploading documents"."""
+    if settings.read_only:
+        raise ReadOnlyError(
+            f"{doing} is turned off: this studio presents a read-only demo. Start your own "
+            "studio to change it."
+        )
 
 
 def load_settings(**overrides: object) -> Settings:
