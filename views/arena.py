@@ -26,6 +26,29 @@ kb_names = store.names()
 
 def new_conversation() -> None:
     st.session_state["arena_conversation"] = None
+    st.query_params.pop("conversation", None)
+
+
+def open_linked_conversation() -> None:
+    """A saved conversation named in the link (`?conversation=<id>`), opened once."""
+    linked = st.query_params.get("conversation")
+    current = st.session_state["arena_conversation"]
+    if not linked or (current is not None and current.id == linked):
+        return
+    try:
+        found = arena.load(settings, linked)
+    except (OSError, ValueError, TypeError):
+        st.warning("The conversation in this link was not found.", icon=":material/link_off:")
+        st.query_params.pop("conversation", None)
+        return
+    st.session_state["arena_conversation"] = found
+    if found.adapter in by_adapter:
+        st.session_state["arena_adapter"] = found.adapter
+    if found.knowledge_base in kb_names:
+        st.session_state["arena_kb"] = found.knowledge_base
+
+
+open_linked_conversation()
 
 
 # -- choices ------------------------------------------------------------------------------------
@@ -67,12 +90,15 @@ modes = st.pills(
 )
 modes = [key for key in MODES if key in (modes or [])]
 
-blind_column.toggle(
-    "Blind mode",
-    key="arena_blind",
-    on_change=new_conversation,
-    help="Hide which answer is which, vote for the best, then see the labels.",
-)
+if settings.read_only:
+    st.session_state["arena_blind"] = False  # votes are stored: not in a read-only demo
+else:
+    blind_column.toggle(
+        "Blind mode",
+        key="arena_blind",
+        on_change=new_conversation,
+        help="Hide which answer is which, vote for the best, then see the labels.",
+    )
 new_column.button(
     "New conversation",
     icon=":material/add_comment:",
@@ -102,7 +128,9 @@ def missing(key: str) -> str:
 
 
 def show_missing(reason: str) -> None:
-    if reason == "adapter":
+    if settings.read_only:
+        st.info(f"This demo has no {'adapter' if reason == 'adapter' else 'knowledge base'}.")
+    elif reason == "adapter":
         st.info(arena.UNAVAILABLE[reason], icon=":material/school:")
         st.page_link("views/finetune.py", label="Go to Fine-tune", icon=":material/arrow_forward:")
     else:
@@ -353,5 +381,7 @@ conversation.exchanges.append(
         blind_order=order if blind else [],
     )
 )
-arena.save(settings, conversation)
+if not settings.read_only:  # a demo's visitors leave nothing behind
+    arena.save(settings, conversation)
+    st.query_params["conversation"] = conversation.id  # this page's link opens it again
 st.rerun()

@@ -5,6 +5,7 @@ Not a page itself: app.py lists the pages (views/*.py) explicitly.
 
 from __future__ import annotations
 
+import hmac
 import math
 import re
 import time
@@ -14,7 +15,7 @@ from typing import Any
 
 import streamlit as st
 
-from core import models
+from core import models, share
 from core.arena import MODES
 from core.errors import StudioError
 from core.generate import ChatModel, ChatStream, HFChatModel, SamplingParams
@@ -25,16 +26,60 @@ from core.train import PRESETS
 
 @st.cache_resource(show_spinner=False)
 def _settings() -> Settings:
-    return load_settings()
+    settings = load_settings()
+    # Demo mode: the bundle is checked and unpacked once, then presented read-only.
+    return share.open_demo(settings) if settings.demo_bundle else settings
 
 
 def get_settings() -> Settings:
     """The studio's settings, read once per server; a bad value stops the page with a message."""
     try:
-        return _settings()
+        with st.spinner("Opening the studio…"):
+            return _settings()
     except StudioError as error:
         st.error(str(error), icon=":material/settings:")
         st.stop()
+
+
+def _secret(name: str) -> Any:
+    """A value from Streamlit's secrets.toml, or None (also when there is no such file)."""
+    try:
+        return st.secrets.get(name)
+    except Exception:  # no secrets file, or one that does not parse: treated as no secret
+        return None
+
+
+def locked(settings: Settings) -> bool:
+    """Whether this browser session still has to log in or give the studio's password."""
+    if _secret("auth") and not st.user.is_logged_in:
+        return True
+    password = settings.demo_password.get_secret_value() if settings.demo_password else None
+    password = password or _secret("demo_password")
+    return bool(password) and not st.session_state.get("access_granted")
+
+
+def access_gate(settings: Settings) -> None:
+    """Ask for a login (Streamlit's st.login, when an identity provider is configured in
+    secrets.toml) and the studio's password (LRS_DEMO_PASSWORD or secrets' demo_password)."""
+    if not locked(settings):
+        return
+    st.title("LoRA-RAG Studio")
+    if _secret("auth") and not st.user.is_logged_in:
+        st.info("Log in to open this studio.", icon=":material/lock:")
+        st.button("Log in", key="access_login", icon=":material/login:", on_click=st.login)
+        st.stop()
+    expected = settings.demo_password.get_secret_value() if settings.demo_password else None
+    expected = str(expected or _secret("demo_password"))
+    with st.form("access_form", border=True):
+        st.markdown("This studio is protected by a password.")
+        given = st.text_input("Password", type="password", key="access_password")
+        opened = st.form_submit_button("Open", icon=":material/lock_open:", type="primary")
+    if opened:
+        if hmac.compare_digest(given.encode(), expected.encode()):
+            st.session_state["access_granted"] = True
+            st.rerun()
+        st.error("That password is not right.", icon=":material/error:")
+    st.stop()
 
 
 def init_state(settings: Settings) -> None:
@@ -58,6 +103,9 @@ def init_state(settings: Settings) -> None:
         "eval_max_new_tokens": 96,
         "eval_name": "",
         "eval_report_id": None,  # the evaluation shown
+        "share_upload_round": 0,  # bumped after an import: a fresh, empty uploader
+        "share_bundle": None,  # path of the demo file built in this session
+        "share_imported": None,  # core.share.ImportResult of the last import
         "kb_chunk_size": settings.chunk_size,
         "kb_chunk_overlap": settings.chunk_overlap,
         "kb_top_k": settings.top_k,
@@ -99,6 +147,11 @@ def sidebar() -> None:
     settings = get_settings()
     init_state(settings)
     with st.sidebar:
+        if settings.read_only:
+            st.info(
+                "A read-only demo: ask and compare, nothing can be changed.",
+                icon=":material/visibility:",
+            )
         try:
             source = models.describe_model(settings.base_model, settings)
             st.caption(f"Model: **{source.display_name}** · {device_text(settings)}")

@@ -67,6 +67,16 @@ def edited_items() -> list[EvalItem]:
 
 def open_report(report_id: str | None) -> None:
     st.session_state["eval_report_id"] = report_id
+    if report_id:
+        st.query_params["report"] = report_id  # the page's link opens this report
+    else:
+        st.query_params.pop("report", None)
+
+
+read_only = settings.read_only
+linked = st.query_params.get("report")
+if linked and linked != st.session_state["eval_report_id"]:
+    st.session_state["eval_report_id"] = linked  # opened by a link (?report=<id>)
 
 
 # -- saved reports ---------------------------------------------------------------------------------
@@ -77,6 +87,8 @@ if saved:
             when = datetime.fromtimestamp(old.created).strftime("%d %b %Y, %H:%M")
             text, icon = STATE_TEXT[evaluate.status(old)]
             label, open_column, delete_column = st.columns([6, 1, 1], vertical_alignment="center")
+            if read_only:
+                delete_column = None
             label.markdown(
                 f"{icon} **{markdown_escape(old.name)}** · {when} · {old.done} of {old.total} "
                 f"questions · {text.lower()}"
@@ -84,7 +96,7 @@ if saved:
             if open_column.button("Open", key=f"eval_open_{old.id}", width="stretch"):
                 open_report(old.id)
                 st.rerun()
-            if delete_column.button(
+            if delete_column is not None and delete_column.button(
                 "Delete", key=f"eval_delete_{old.id}", icon=":material/delete:", width="stretch"
             ):
                 try:
@@ -156,6 +168,9 @@ def show_freshness(shown: Report) -> None:
         "follow at once, a fine-tuned model keeps what it learned until it is trained again. "
         "Your knowledge base itself is not changed."
     )
+    if read_only:
+        show_freshness_result(shown)
+        return
     if not shown.knowledge_base:
         st.info("Choose a knowledge base for the evaluation to run this check.")
         return
@@ -194,6 +209,10 @@ def show_freshness(shown: Report) -> None:
             st.error(str(error), icon=":material/error:")
             return
         st.rerun()
+    show_freshness_result(shown)
+
+
+def show_freshness_result(shown: Report) -> None:
     if shown.freshness:
         found = freshness.from_dict(shown.freshness)
         st.markdown(
@@ -231,7 +250,8 @@ def show_report(shown: Report) -> None:
     if state == "failed":
         st.error(shown.error, icon=icon)
     if (
-        state in ("cancelled", "interrupted", "failed")
+        not read_only
+        and state in ("cancelled", "interrupted", "failed")
         and shown.done < shown.total
         and st.button(
             f"Resume ({shown.total - shown.done} questions left)",
@@ -307,7 +327,7 @@ def show_report(shown: Report) -> None:
             on_click="ignore",
             key=f"eval_export_{suffix}",
         )
-    if state != "running":
+    if state != "running" and (not read_only or shown.freshness):
         show_freshness(shown)
 
 
@@ -529,11 +549,19 @@ if report_id:
         try:
             current = evaluate.load(settings, report_id)
         except StudioError:
+            st.warning("The evaluation in this link was not found.", icon=":material/link_off:")
             open_report(None)
 if current is not None:
-    if st.button("New evaluation", key="eval_new", icon=":material/add:"):
+    if not read_only and st.button("New evaluation", key="eval_new", icon=":material/add:"):
         open_report(None)
         st.rerun()
     show_report(current)
+elif read_only:
+    st.info(
+        "Open one of the saved evaluations above to see its scores and recommendation."
+        if saved
+        else "This demo has no saved evaluation.",
+        icon=":material/fact_check:",
+    )
 else:
     new_evaluation()

@@ -47,27 +47,46 @@ st.caption(
     "(Ovadia et al., 2023); fine-tuning shines at format and style."
 )
 
-st.subheader("Start here")
-st.markdown(
-    "1. **Chat** with the base model: ask it about your field and see what it knows, and what "
-    "it invents, before you give it anything.\n"
-    "2. Build a **knowledge base**: drop your documents in and check that a search finds the "
-    "right passages, with file and page.\n"
-    "3. **Fine-tune** the model on examples of the behaviour you want, watch it learn, and ask "
-    "it beside the base model.\n"
-    "4. In the **Arena**, ask one question and compare four answers side by side: base, "
-    "fine-tuned, RAG, and fine-tuned with RAG.\n"
-    "5. **Evaluate** on your own questions with known answers: see which mode gets them right, "
-    "and get a recommendation with its costs."
-)
-first, second, third, fourth, fifth = st.columns(5)
-first.page_link("views/chat.py", label="Chat with the base model", icon=":material/chat:")
-second.page_link(
-    "views/knowledge.py", label="Build a knowledge base", icon=":material/library_books:"
-)
-third.page_link("views/finetune.py", label="Fine-tune", icon=":material/model_training:")
-fourth.page_link("views/arena.py", label="Compare in the Arena", icon=":material/view_column:")
-fifth.page_link("views/evaluate.py", label="Evaluate and decide", icon=":material/fact_check:")
+if settings.read_only:
+    st.subheader("This is a demo")
+    st.markdown(
+        "Someone prepared this studio to show what fine-tuning and RAG do on their data. It is "
+        "read-only: ask questions and compare the answers, read the saved evaluations, search "
+        "the documents. Nothing you do here changes it."
+    )
+    first, second, third = st.columns(3)
+    first.page_link("views/arena.py", label="Ask in the Arena", icon=":material/view_column:")
+    second.page_link(
+        "views/evaluate.py", label="Read the evaluations", icon=":material/fact_check:"
+    )
+    third.page_link(
+        "views/knowledge.py", label="Search the documents", icon=":material/library_books:"
+    )
+else:
+    st.subheader("Start here")
+    st.markdown(
+        "1. **Chat** with the base model: ask it about your field and see what it knows, and what "
+        "it invents, before you give it anything.\n"
+        "2. Build a **knowledge base**: drop your documents in and check that a search finds the "
+        "right passages, with file and page.\n"
+        "3. **Fine-tune** the model on examples of the behaviour you want, watch it learn, and ask "
+        "it beside the base model.\n"
+        "4. In the **Arena**, ask one question and compare four answers side by side: base, "
+        "fine-tuned, RAG, and fine-tuned with RAG.\n"
+        "5. **Evaluate** on your own questions with known answers: see which mode gets them right, "
+        "and get a recommendation with its costs.\n"
+        "6. **Share** what you built as a demo that others open read-only."
+    )
+    first, second, third, fourth, fifth, sixth = st.columns(6)
+    first.page_link("views/chat.py", label="Chat with the base model", icon=":material/chat:")
+    second.page_link(
+        "views/knowledge.py", label="Build a knowledge base", icon=":material/library_books:"
+    )
+    third.page_link("views/finetune.py", label="Fine-tune", icon=":material/model_training:")
+    fourth.page_link("views/arena.py", label="Compare in the Arena", icon=":material/view_column:")
+    fifth.page_link("views/evaluate.py", label="Evaluate and decide", icon=":material/fact_check:")
+    sixth.page_link("views/share.py", label="Share a demo", icon=":material/share:")
+
 
 st.subheader("This installation")
 base, embedding = st.columns(2, border=True)
@@ -101,4 +120,5 @@ st.markdown(
     + (f"; training now: {common.markdown_escape(training.name)}" if training else "")
     + "."
 )
-st.caption(f"Your data is kept in `{settings.data_dir.resolve()}`.")
+if not settings.read_only:
+    st.caption(f"Your data is kept in `{settings.data_dir.resolve()}`.")

@@ -25,6 +25,7 @@ st.caption(
     "file and page they came from."
 )
 store = common.knowledge_store(settings)
+read_only = settings.read_only
 
 
 def create_form(key: str) -> None:
@@ -41,6 +42,9 @@ def create_form(key: str) -> None:
 
 
 names = store.names()
+if not names and read_only:
+    st.info("This demo has no knowledge base.", icon=":material/library_books:")
+    st.stop()
 if not names:
     st.info(
         "Create a knowledge base to start: give it a name, then drop your documents into it.",
@@ -55,9 +59,9 @@ if st.session_state.get("kb_selected") not in names:
     st.session_state["kb_selected"] = names[0]
 pick, new, remove = st.columns([4, 1, 1], vertical_alignment="bottom")
 selected = pick.selectbox("Knowledge base", names, key="kb_selected")
-with new.popover("New", icon=":material/add:", width="stretch"):
-    create_form("kb_new")
-with remove.popover("Delete", icon=":material/delete:", width="stretch"):
+
+
+def delete_form() -> None:
     st.warning(f"This deletes '{selected}' with all its documents and passages.")
     # The confirmation belongs to this knowledge base: ticking it never carries over to another.
     sure = st.checkbox(f"Yes, delete '{selected}'", key=f"kb_delete_confirm_{selected}")
@@ -66,6 +70,15 @@ with remove.popover("Delete", icon=":material/delete:", width="stretch"):
         st.session_state.pop("kb_selected", None)
         st.toast(f"Deleted the knowledge base '{selected}'.", icon=":material/delete:")
         st.rerun()
+
+
+if read_only:
+    st.caption("A read-only demo: search the documents here; adding and deleting are turned off.")
+else:
+    with new.popover("New", icon=":material/add:", width="stretch"):
+        create_form("kb_new")
+    with remove.popover("Delete", icon=":material/delete:", width="stretch"):
+        delete_form()
 
 try:
     kb = store.open(selected)
@@ -79,73 +92,78 @@ chunking = ChunkSettings(
 for event in recover(kb, chunking):
     st.info(f"{event.file_name}: {event.message}", icon=ICONS.get(event.status))
 
+
 # -- adding documents -------------------------------------------------------------------------
-st.subheader("Add documents")
-uploads = st.file_uploader(
-    "Drop files here: PDF, Word (DOCX), text, Markdown or HTML",
-    type=[*FILE_TYPES, "htm"],
-    accept_multiple_files=True,
-    key=f"kb_uploads_{st.session_state['kb_upload_round']}",
-    max_upload_size=settings.max_upload_mb,
-)
-with st.expander("Advanced: how documents are cut into passages", icon=":material/tune:"):
-    left, right = st.columns(2)
-    left.number_input(
-        "Passage length (characters)",
-        min_value=100,
-        max_value=8000,
-        step=100,
-        key="kb_chunk_size",
-        help=common.help_for("chunk_size"),
+def add_documents() -> None:
+    st.subheader("Add documents")
+    uploads = st.file_uploader(
+        "Drop files here: PDF, Word (DOCX), text, Markdown or HTML",
+        type=[*FILE_TYPES, "htm"],
+        accept_multiple_files=True,
+        key=f"kb_uploads_{st.session_state['kb_upload_round']}",
+        max_upload_size=settings.max_upload_mb,
     )
-    right.number_input(
-        "Overlap (characters)",
-        min_value=0,
-        max_value=2000,
-        step=50,
-        key="kb_chunk_overlap",
-        help=common.help_for("chunk_overlap"),
-    )
-    if chunking.chunk_overlap >= chunking.chunk_size:
-        st.warning("The overlap must be smaller than the passage length.")
+    with st.expander("Advanced: how documents are cut into passages", icon=":material/tune:"):
+        left, right = st.columns(2)
+        left.number_input(
+            "Passage length (characters)",
+            min_value=100,
+            max_value=8000,
+            step=100,
+            key="kb_chunk_size",
+            help=common.help_for("chunk_size"),
+        )
+        right.number_input(
+            "Overlap (characters)",
+            min_value=0,
+            max_value=2000,
+            step=50,
+            key="kb_chunk_overlap",
+            help=common.help_for("chunk_overlap"),
+        )
+        if chunking.chunk_overlap >= chunking.chunk_size:
+            st.warning("The overlap must be smaller than the passage length.")
 
-can_add = bool(uploads) and chunking.chunk_overlap < chunking.chunk_size
-if st.button(
-    "Add to knowledge base",
-    key="kb_add",
-    type="primary",
-    disabled=not can_add,
-    icon=":material/upload:",
-):
-    files = [UploadedFile(upload.name, upload.getvalue()) for upload in uploads or []]
-    results = []
-    with st.status(f"Adding {len(files)} file(s)…", expanded=True) as status:
-        bar = st.progress(0.0)
-        for event in ingest(kb, files, chunking):
-            bar.progress(min(event.fraction, 1.0), text=event.message)
-            if event.status in ICONS:
-                results.append((event.status, event.file_name, event.message))
-                st.markdown(
-                    f"{ICONS[event.status]} **{markdown_escape(event.file_name)}**: {event.message}"
-                )
-        failed = sum(1 for r in results if r[0] == "failed")
-        label = f"Done: {len(results) - failed} of {len(results)} file(s) in the knowledge base"
-        status.update(label=label, state="error" if failed == len(results) else "complete")
-    st.session_state["kb_results"] = results
-    st.session_state["kb_upload_round"] += 1  # a fresh, empty uploader; results stay on screen
-    st.rerun()
+    can_add = bool(uploads) and chunking.chunk_overlap < chunking.chunk_size
+    if st.button(
+        "Add to knowledge base",
+        key="kb_add",
+        type="primary",
+        disabled=not can_add,
+        icon=":material/upload:",
+    ):
+        files = [UploadedFile(upload.name, upload.getvalue()) for upload in uploads or []]
+        results = []
+        with st.status(f"Adding {len(files)} file(s)…", expanded=True) as status:
+            bar = st.progress(0.0)
+            for event in ingest(kb, files, chunking):
+                bar.progress(min(event.fraction, 1.0), text=event.message)
+                if event.status in ICONS:
+                    results.append((event.status, event.file_name, event.message))
+                    shown = markdown_escape(event.file_name)
+                    st.markdown(f"{ICONS[event.status]} **{shown}**: {event.message}")
+            failed = sum(1 for r in results if r[0] == "failed")
+            label = f"Done: {len(results) - failed} of {len(results)} file(s) in the knowledge base"
+            status.update(label=label, state="error" if failed == len(results) else "complete")
+        st.session_state["kb_results"] = results
+        st.session_state["kb_upload_round"] += 1  # a fresh, empty uploader; results stay on screen
+        st.rerun()
 
-for status_name, file_name, message in st.session_state["kb_results"]:
-    if status_name == "failed":
-        st.error(f"**{markdown_escape(file_name)}**: {message}", icon=ICONS["failed"])
-    else:
-        st.success(f"**{markdown_escape(file_name)}**: {message}", icon=ICONS[status_name])
+    for status_name, file_name, message in st.session_state["kb_results"]:
+        if status_name == "failed":
+            st.error(f"**{markdown_escape(file_name)}**: {message}", icon=ICONS["failed"])
+        else:
+            st.success(f"**{markdown_escape(file_name)}**: {message}", icon=ICONS[status_name])
+
+
+if not read_only:
+    add_documents()
 
 # -- documents ----------------------------------------------------------------------------------
 documents = [d for d in kb.documents() if d.status == "complete"]
 st.subheader(f"Documents ({len(documents)})")
 if not documents:
-    st.caption("No documents yet: add some above.")
+    st.caption("No documents yet." if read_only else "No documents yet: add some above.")
 else:
     st.dataframe(
         [
@@ -164,13 +182,14 @@ else:
         key="kb_table",
     )
     by_label = {f"{d.name} ({d.passages} passages)": d for d in documents}
-    with st.popover("Delete a document", icon=":material/delete:"):
-        label = st.selectbox("Document", list(by_label), key="kb_doc_to_delete")
-        if st.button("Delete document", key="kb_doc_delete", type="primary"):
-            gone = kb.delete_document(by_label[label].doc_id)
-            st.session_state["kb_results"] = []
-            st.toast(f"Deleted {gone.name} and its {gone.passages} passages.")
-            st.rerun()
+    if not read_only:
+        with st.popover("Delete a document", icon=":material/delete:"):
+            label = st.selectbox("Document", list(by_label), key="kb_doc_to_delete")
+            if st.button("Delete document", key="kb_doc_delete", type="primary"):
+                gone = kb.delete_document(by_label[label].doc_id)
+                st.session_state["kb_results"] = []
+                st.toast(f"Deleted {gone.name} and its {gone.passages} passages.")
+                st.rerun()
 
 # -- search preview -----------------------------------------------------------------------------
 st.subheader("What would the model see?")
