@@ -165,14 +165,19 @@ def costs(
         )
     if info.get("kb_passages") is not None:
         lines.append(
-            f"RAG: the knowledge base holds {info['kb_passages']} passages from "
-            f"{info.get('kb_documents', 0)} documents ({_size(int(info.get('kb_bytes', 0)))}); "
+            f"RAG: the knowledge base holds {_plural(int(info['kb_passages']), 'passage')} from "
+            f"{_plural(int(info.get('kb_documents', 0)), 'document')} "
+            f"({_size(int(info.get('kb_bytes', 0)))}); "
             "an edited document counts at once."
         )
     if answer_seconds:
         times = ", ".join(f"{MODES[m].label} {s:.1f} s" for m, s in answer_seconds.items())
         lines.append(f"Time per answer (median{batch_note}): {times}.")
     return lines
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 def _size(count: int) -> str:

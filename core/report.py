@@ -17,7 +17,14 @@ from typing import Any
 import altair as alt
 
 from core.arena import MODES
-from core.evaluate import REASONS, ModeSummary, Report, correctness, summarise
+from core.evaluate import (
+    QUESTIONS_PER_BATCH,
+    REASONS,
+    ModeSummary,
+    Report,
+    correctness,
+    summarise,
+)
 from core.recommend import Recommendation, costs, recommend
 
 _COLOURS = {"base": "#9aa0a6", "tuned": "#7b61ff", "rag": "#1a73e8", "hybrid": "#0b8043"}
@@ -37,7 +44,8 @@ def verdict(report: Report) -> Verdict:
     rag = summaries.get("rag")
     hit_rate = rag.hit_rate.mean if rag and rag.hit_rate else None
     seconds = {mode: s.total_s for mode, s in summaries.items() if s.total_s}
-    batch = len(report.modes) * 2
+    # Questions are answered QUESTIONS_PER_BATCH at a time, every mode of each together.
+    batch = len(report.modes) * min(QUESTIONS_PER_BATCH, max(report.total, 1))
     note = f", {batch} answers generated together" if len(report.modes) > 1 else ""
     return Verdict(
         summaries,

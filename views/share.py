@@ -178,7 +178,7 @@ with import_tab:
                 for entry, new in zip(bundle.adapters, plan.adapters.values(), strict=True)
             ]
             if rows:
-                st.dataframe(rows, hide_index=True, key="share_plan")
+                st.table(rows, hide_index=True)  # small: a plain table shows at once
             st.caption(
                 f"{len(plan.evaluations)} evaluation reports and {len(plan.conversations)} arena "
                 "conversations come along."
@@ -242,7 +242,8 @@ with links_tab:
         left, right = st.columns([3, 2], vertical_alignment="center")
         left.page_link(
             "views/evaluate.py",
-            label=f"Evaluation: {markdown_escape(report.name)}",
+            label=f"Evaluation: {markdown_escape(report.name)} · "
+            + datetime.fromtimestamp(report.created).strftime("%d %b %Y, %H:%M"),
             icon=":material/fact_check:",
             query_params={"report": report.id},
         )

@@ -93,7 +93,7 @@ def test_import_shows_the_plan_then_imports_under_new_names_when_taken(
     at = open_page(PAGE)
     at.file_uploader[0].set_value([("demo.zip", demo.read_bytes(), "application/zip")]).run()
     assert not at.exception
-    plan = at.dataframe[0].value
+    plan = at.table[0].value
     assert list(plan["Name here"]) == ["Harbour - imported", "Harbour voice"]
     assert "Already here: knowledge base 'Harbour'" in texts(at.warning).replace("\\", "")
     assert at.checkbox(key="share_replace").value is False
