@@ -18,6 +18,9 @@ from core.metrics import paired_difference
 from core.train import short_duration
 
 FEW_QUESTIONS = 20
+# Below this, no lead is called a win: a bootstrap of 1-4 identical differences has no spread,
+# and even 4 of 4 against 0 of 4 happens by chance 1 time in 16 (a sign test).
+MIN_TO_DECIDE = 5
 GOOD_ENOUGH = 0.5  # the base model answering half the questions right already needs no help
 _CHEAPEST_FIRST = ("base", "rag", "tuned", "hybrid")
 
@@ -47,7 +50,7 @@ def recommend(
     right = {m: _count(correct[m]) for m in modes}
 
     def beats(a: str, b: str) -> bool:
-        if a not in right or b not in right:
+        if a not in right or b not in right or n < MIN_TO_DECIDE:
             return False
         marks_a = [float(x) for x in correct[a]]
         marks_b = [float(x) for x in correct[b]]

@@ -103,3 +103,11 @@ def test_costs_are_plain_sentences() -> None:
         "Time per answer (median, 8 answers generated together): Base model 1.2 s, RAG 2.0 s."
     )
     assert costs({}, {}) == []
+
+
+def test_with_fewer_than_five_questions_no_lead_is_called_a_win() -> None:
+    found = recommend({"base": [False] * 3, "rag": [True] * 3})
+    assert found.choice == "unclear"
+    assert found.headline.startswith("No clear winner: RAG answered 3 of 3 correctly")
+    assert "until then RAG is the better bet" in found.headline
+    assert recommend({"base": [False] * 5, "rag": [True] * 5}).choice == "rag"
