@@ -133,18 +133,23 @@ def recommend(
             cautions,
         )
     leader, runner = sorted(modes, key=lambda m: (-right[m], _CHEAPEST_FIRST.index(m)))[:2]
-    return Recommendation(
-        "unclear",
-        f"No clear winner: {said(leader)} and {_name(runner)} {right[runner]} of {n}, a "
-        f"difference that chance could explain with {n} questions. Add questions to decide"
-        + (
-            f"; until then {_name(leader)} is the better bet."
-            if right[leader] > right[runner]
-            else "."
-        ),
-        reasons,
-        cautions,
+    more = (
+        f" Add questions to decide: a winner needs at least {MIN_TO_DECIDE}."
+        if n < MIN_TO_DECIDE
+        else ""
     )
+    if right[leader] == right[runner]:
+        headline = (
+            f"No clear winner: {said(leader)}, and so did {_name(runner)}. With equal scores, "
+            f"the simpler one will do: {_name(leader)}.{more}"
+        )
+    else:
+        headline = (
+            f"No clear winner: {said(leader)} and {_name(runner)} {right[runner]} of {n}, a "
+            f"difference that chance could explain with {n} question{'s' if n != 1 else ''}. "
+            f"Add questions to decide; until then {_name(leader)} is the better bet."
+        )
+    return Recommendation("unclear", _sentence(headline), reasons, cautions)
 
 
 def _sentence(text: str) -> str:

@@ -51,7 +51,7 @@ def _secret(name: str) -> Any:
 
 def locked(settings: Settings) -> bool:
     """Whether this browser session still has to log in or give the studio's password."""
-    if _secret("auth") and not st.user.is_logged_in:
+    if _secret("auth") and not st.user.get("is_logged_in"):
         return True
     password = settings.demo_password.get_secret_value() if settings.demo_password else None
     password = password or _secret("demo_password")
@@ -64,13 +64,13 @@ def access_gate(settings: Settings) -> None:
     if not locked(settings):
         return
     st.title("LoRA-RAG Studio")
-    if _secret("auth") and not st.user.is_logged_in:
+    if _secret("auth") and not st.user.get("is_logged_in"):
         st.info("Log in to open this studio.", icon=":material/lock:")
         st.button("Log in", key="access_login", icon=":material/login:", on_click=st.login)
         st.stop()
     expected = settings.demo_password.get_secret_value() if settings.demo_password else None
     expected = str(expected or _secret("demo_password"))
-    with st.form("access_form", border=True):
+    with st.columns([2, 3])[0], st.form("access_form", border=True):
         st.markdown("This studio is protected by a password.")
         given = st.text_input("Password", type="password", key="access_password")
         opened = st.form_submit_button("Open", icon=":material/lock_open:", type="primary")

@@ -21,6 +21,15 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 QUESTION = "What is the release code for night departures?"
 
 
+def visit(page, url: str) -> None:  # type: ignore[no-untyped-def]
+    """Open a page of the password-protected demo (each visit is a new session: it asks)."""
+    page.goto(url)
+    password = page.get_by_label("Password", exact=True)
+    password.wait_for(timeout=180_000)
+    password.fill("harbour")
+    page.get_by_role("button", name="Open").click()
+
+
 def stop(process: subprocess.Popen, log) -> None:  # type: ignore[no-untyped-def]
     process.terminate()
     process.wait(timeout=15)
@@ -93,9 +102,17 @@ def test_export_a_demo_open_it_read_only_and_ask_there(
     assert bundle.stat().st_size > 100_000
 
     demo_dir = fresh_real_data_dir()
-    process, url = start_studio(demo_dir, logs / "demo.log", LRS_DEMO_BUNDLE=str(bundle))
+    process, url = start_studio(
+        demo_dir, logs / "demo.log", LRS_DEMO_BUNDLE=str(bundle), LRS_DEMO_PASSWORD="harbour"
+    )
     try:
         page.goto(url)
+        password = page.get_by_label("Password", exact=True)
+        password.wait_for(timeout=180_000)
+        assert page.get_by_text("This is a demo").count() == 0
+        screenshot(page, "48-demo-password")
+        password.fill("harbour")
+        page.get_by_role("button", name="Open").click()
         page.get_by_text("This is a demo").wait_for(timeout=180_000)
         navigation = page.get_by_test_id("stSidebarNav")
         assert navigation.get_by_text("Arena").count() == 1
@@ -103,13 +120,13 @@ def test_export_a_demo_open_it_read_only_and_ask_there(
         assert navigation.get_by_text("Share").count() == 0
         screenshot(page, "42-demo-home")
 
-        page.goto(f"{url}/knowledge")
+        visit(page, f"{url}/knowledge")
         page.get_by_text("Documents (1)").wait_for(timeout=60_000)
         assert page.get_by_text("Drop files here").count() == 0
         assert page.get_by_role("button", name="Add to knowledge base").count() == 0
         assert page.get_by_role("button", name="Delete").count() == 0
 
-        page.goto(f"{url}/arena")
+        visit(page, f"{url}/arena")
         box = page.get_by_test_id("stChatInputTextArea")
         box.wait_for(timeout=180_000)
         box.fill(QUESTION)
@@ -121,7 +138,7 @@ def test_export_a_demo_open_it_read_only_and_ask_there(
         assert page.get_by_text(re.compile(r"^Sources \(\d\)$")).count() == 2
         assert page.get_by_test_id("stException").count() == 0
 
-        page.goto(f"{url}/evaluate?report={made['report']}")
+        visit(page, f"{url}/evaluate?report={made['report']}")
         page.get_by_role("heading", name="Harbour check").wait_for(timeout=60_000)
         assert page.get_by_role("button", name="New evaluation").count() == 0
         screenshot(page, "44-demo-report-link")

@@ -194,3 +194,38 @@ def test_a_demo_password_is_asked_before_anything_is_shown(
     at.button[0].click().run()
     assert not at.exception
     assert "This is a demo" in texts(at.subheader)
+
+
+def test_with_an_identity_provider_in_secrets_visitors_log_in_first(studio_env, demo_env) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from tests.pages.conftest import APP
+
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.secrets["auth"] = {
+        "redirect_uri": "http://localhost:8501/oauth2callback",
+        "cookie_secret": "not-a-real-secret",
+        "client_id": "demo",
+        "client_secret": "demo",
+        "server_metadata_url": "https://id.example.org/.well-known/openid-configuration",
+    }
+    at.run()
+    assert not at.exception
+    assert "Log in to open this studio." in texts(at.info)
+    assert at.button(key="access_login").label == "Log in"
+    assert "This is a demo" not in texts(at.subheader)
+
+
+def test_a_password_in_secrets_protects_the_full_studio_too(studio_env) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from tests.pages.conftest import APP
+
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.secrets["demo_password"] = "from-secrets"
+    at.run()
+    assert "protected by a password" in texts(at.markdown)
+    at.text_input(key="access_password").set_value("from-secrets")
+    at.button[0].click().run()
+    assert not at.exception
+    assert "Start here" in texts(at.subheader)
