@@ -73,9 +73,11 @@ def main() -> None:
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-evaluate-"))
-    settings = load_settings().model_copy(update={"data_dir": scratch / "data"})
-    settings.models_dir.parent.mkdir(parents=True)
-    settings.models_dir.symlink_to(load_settings().models_dir.resolve(), target_is_directory=True)
+    # A scratch studio that shares the prepared model with the real one (prepared there if new).
+    shared = load_settings()
+    settings = shared.model_copy(
+        update={"data_dir": scratch / "data", "model_cache_dir": shared.models_dir.resolve()}
+    )
     loaded = load_chat_model(settings)
     chat = HFChatModel(loaded, context_window=settings.context_window)
 

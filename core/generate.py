@@ -117,6 +117,8 @@ class ChatStream:
         self.answer: Answer | None = None
 
     def __iter__(self) -> Iterator[str]:
+        if self._done:  # read already: the pieces are gone, and waiting for more would hang
+            return
         try:
             for piece in self._pieces:
                 if not piece:

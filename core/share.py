@@ -27,7 +27,13 @@ from core.bundle import FORMAT, FORMAT_VERSION, Bundle, BundleError, read_bundle
 from core.errors import KnowledgeBaseError, ModelNotAvailableError, StudioError
 from core.ingest import FILE_TYPES
 from core.jobs import runs_dir
-from core.knowledge import DocumentRecord, KnowledgeStore, this_process, validate_name
+from core.knowledge import (
+    DocumentRecord,
+    KnowledgeStore,
+    knowledge_base_names,
+    this_process,
+    validate_name,
+)
 from core.settings import Settings, check_writable
 
 Progress = Callable[[float, str], None]
@@ -215,7 +221,7 @@ def _check_catalog(catalog: Any) -> None:
 
 def plan_import(settings: Settings, bundle: Bundle, replace: bool = False) -> ImportPlan:
     """Check the bundle's models against this studio and choose the names things get."""
-    kb_taken = {n.casefold() for n in KnowledgeStore(settings, None).names()}
+    kb_taken = {n.casefold() for n in knowledge_base_names(settings)}
     adapter_taken = {a.name.casefold() for a in adapters.list_adapters(settings)}
     conflicts = []
     kbs: dict[str, str] = {}

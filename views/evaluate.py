@@ -175,7 +175,9 @@ def show_freshness(shown: Report) -> None:
         st.info("Choose a knowledge base for the evaluation to run this check.")
         return
     if shown.knowledge_base not in kb_names:
-        st.warning(f"The knowledge base '{shown.knowledge_base}' no longer exists.")
+        st.warning(
+            f"The knowledge base '{markdown_escape(shown.knowledge_base)}' no longer exists."
+        )
         return
     right_with_rag = [
         i for i, r in enumerate(shown.results) if r.correct("rag") or r.correct("hybrid")
@@ -239,7 +241,7 @@ def show_freshness_result(shown: Report) -> None:
 def show_report(shown: Report) -> None:
     state = evaluate.status(shown)
     text, icon = STATE_TEXT[state]
-    st.subheader(shown.name)
+    st.subheader(markdown_escape(shown.name))
     st.caption(
         f"{text} · {shown.done} of {shown.total} questions · {len(shown.modes)} modes · "
         f"{short_duration(shown.elapsed_s)} of answering"

@@ -187,3 +187,16 @@ def test_tokens_per_second_counts_decoding_after_the_first_token() -> None:
     assert timings.tokens_per_s == pytest.approx(10.0)
     assert "11 tokens" in timings.summary()
     assert Timings(1, 1, 0.2, 0.2).tokens_per_s == pytest.approx(5.0)
+
+
+def test_reading_a_finished_stream_again_returns_its_answer_at_once(chat: HFChatModel) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    stream = chat.stream_chat(ask("Paris?"), GREEDY)
+    first = stream.read()
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        again = pool.submit(stream.read).result(timeout=10)  # used to wait forever
+    finally:
+        pool.shutdown(wait=False)  # a reader stuck in the old way must not hang the suite
+    assert again is first and list(stream) == []
