@@ -27,8 +27,6 @@ from core.knowledge import KnowledgeBase, client_for
 from core.metrics import contains
 from core.settings import Settings, check_writable
 
-_BATCH = 1000
-
 
 @dataclass
 class FreshnessResult:
@@ -78,20 +76,13 @@ def scratch_copy(kb: KnowledgeBase) -> Iterator[KnowledgeBase]:
             source.close()
             target.close()
         copy = KnowledgeBase(kb.settings, kb.name, folder, kb.store.embeddings)
-        offset = 0
-        while True:
-            got = kb.store._collection.get(
-                include=["embeddings", "documents", "metadatas"], limit=_BATCH, offset=offset
-            )
-            if not got["ids"]:
-                break
+        for got in kb.stored_batches():
             copy.store._collection.add(
                 ids=got["ids"],
                 embeddings=got["embeddings"],
                 documents=got["documents"],
                 metadatas=got["metadatas"],
             )
-            offset += len(got["ids"])
         yield copy
     finally:
         _drop(kb.settings, folder)

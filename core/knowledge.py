@@ -228,6 +228,19 @@ class KnowledgeBase:
     def passage_count(self) -> int:
         return int(self.store._collection.count())
 
+    def stored_batches(self, size: int = 1000) -> Iterator[dict[str, Any]]:
+        """Every stored passage with its vector and metadata, `size` at a time (Chroma's `get`
+        result: ids, documents, metadatas, embeddings)."""
+        offset = 0
+        while True:
+            got = self.store._collection.get(
+                include=["embeddings", "documents", "metadatas"], limit=size, offset=offset
+            )
+            if not got["ids"]:
+                return
+            yield got
+            offset += len(got["ids"])
+
     def original_path(self, record: DocumentRecord) -> Path:
         """The stored original: named by its content hash, never by the uploaded name."""
         return self.files_dir / f"{record.content_hash}.{record.file_type}"

@@ -73,13 +73,7 @@ def _knowledge_members(store: KnowledgeStore, name: str, folder: str, with_files
     documents = [d for d in kb.documents() if d.status == "complete"]
     complete = {d.doc_id for d in documents}
     ids, texts, metas, vectors = [], [], [], []
-    offset = 0
-    while True:
-        got = kb.store._collection.get(
-            include=["embeddings", "documents", "metadatas"], limit=_BATCH, offset=offset
-        )
-        if not got["ids"]:
-            break
+    for got in kb.stored_batches():
         for passage_id, text, meta, vector in zip(
             got["ids"], got["documents"], got["metadatas"], got["embeddings"], strict=True
         ):
@@ -88,7 +82,6 @@ def _knowledge_members(store: KnowledgeStore, name: str, folder: str, with_files
                 texts.append(text)
                 metas.append(meta)
                 vectors.append(vector)
-        offset += len(got["ids"])
     matrix = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
     lines = (
         json.dumps({"id": i, "text": t, "metadata": m})
@@ -204,6 +197,17 @@ def _free_name(wanted: str, taken: set[str], limit: int = 64) -> str:
     return f"{wanted[: limit - 20]} {uuid.uuid4().hex[:8]}"
 
 
+def _claim(
+    name: str, taken: set[str], conflicts: list[str], what: str, replace: bool, limit: int = 64
+) -> str:
+    """The name an imported thing gets here; a taken name is noted as a conflict."""
+    if name.casefold() in taken:
+        conflicts.append(f"{what} '{name}'")
+    chosen = name if replace else _free_name(name, taken, limit)
+    taken.add(chosen.casefold())
+    return chosen
+
+
 def _check_catalog(catalog: Any) -> None:
     """The documents of a knowledge base in a bundle: well-formed records whose file names
     (made from the content hash and type) cannot point anywhere else."""
@@ -235,10 +239,7 @@ def plan_import(settings: Settings, bundle: Bundle, replace: bool = False) -> Im
                 f"studio uses '{settings.embedding_model}'. Set LRS_EMBEDDING_MODEL={model} to "
                 "import it."
             )
-        if name.casefold() in kb_taken:
-            conflicts.append(f"knowledge base '{name}'")
-        kbs[name] = name if replace else _free_name(name, kb_taken)
-        kb_taken.add(kbs[name].casefold())
+        kbs[name] = _claim(name, kb_taken, conflicts, "knowledge base", replace)
     found_adapters: dict[str, str] = {}
     for entry in bundle.adapters:
         meta = bundle.json(f"{entry['folder']}/{runs.METADATA_FILE}")
@@ -252,12 +253,9 @@ def plan_import(settings: Settings, bundle: Bundle, replace: bool = False) -> Im
                 f"'{settings.base_model}': it cannot work with it. Set LRS_BASE_MODEL={base} to "
                 "import it."
             )
-        if name.casefold() in adapter_taken:
-            conflicts.append(f"adapter '{name}'")
-        found_adapters[str(entry["run_id"])] = (
-            name if replace else _free_name(name, adapter_taken, 80)
+        found_adapters[str(entry["run_id"])] = _claim(
+            name, adapter_taken, conflicts, "adapter", replace, limit=80
         )
-        adapter_taken.add(found_adapters[str(entry["run_id"])].casefold())
     try:
         conversations = [arena.Conversation.from_dict(bundle.json(n)) for n in bundle.conversations]
         reports = [evaluate.Report.from_dict(bundle.json(n)) for n in bundle.evaluations]

@@ -15,50 +15,19 @@ import pytest
 from core import adapters, arena, evaluate, jobs, share
 from core.bundle import FORMAT_VERSION, MANIFEST, BundleError, read_bundle, write_zip
 from core.errors import ReadOnlyError
-from core.evalset import EvalItem
-from core.generate import SamplingParams
 from core.ingest import ChunkSettings, UploadedFile, ingest
 from core.knowledge import KnowledgeStore
 from core.retrieve import search
 from core.settings import Settings
-from tests.fakes import FakeChatModel
-from tests.training import trained
+from tests.sharing import HANDBOOK, RULES, fill
 
-HANDBOOK = (
-    b"Harbour handbook.\n\nThe release code for night departures is BLUE-HARBOR-42.\n\n"
-    b"Refunds are possible within 45 days of the booking.\n\nThe harbour master is Ingrid."
-)
-RULES = b"# Rules\n\nFuel is sold on the north pier.\n\nWaste oil goes into the green tanks."
 QUESTIONS = ["release code for night departures", "where is fuel sold", "refund period"]
-
-
-def answer(request) -> str:  # type: ignore[no-untyped-def]
-    return "BLUE-HARBOR-42" if "BLUE" in request.messages[-1]["content"] else "I do not know."
 
 
 @pytest.fixture
 def studio(settings: Settings, knowledge: KnowledgeStore) -> dict:
     """A studio with a knowledge base, an adapter, a conversation and an evaluation report."""
-    kb = knowledge.create("Harbour")
-    files = [UploadedFile("handbook.txt", HANDBOOK), UploadedFile("rules.md", RULES)]
-    list(ingest(kb, files, ChunkSettings(120, 10)))
-    run_id = trained(settings, "Harbour voice")
-    conversation = arena.Conversation(adapter=run_id, knowledge_base="Harbour")
-    conversation.exchanges.append(
-        arena.Exchange("What is the code?", [], 0.01, {"rag": arena.ModeAnswer("BLUE-HARBOR-42")})
-    )
-    arena.save(settings, conversation)
-    fake = FakeChatModel([answer])
-    report = evaluate.new_report(
-        settings,
-        fake,
-        [EvalItem("What is the release code?", "BLUE-HARBOR-42")],
-        adapter=adapters.get(settings, run_id),
-        kb=kb,
-        params=SamplingParams(0.0, 1.0, 16),
-    )
-    evaluate.run(settings, fake, report, kb)
-    return {"run_id": run_id, "conversation": conversation.id, "report": report.id}
+    return fill(settings, knowledge.embeddings)
 
 
 def export(settings: Settings, knowledge: KnowledgeStore, studio: dict, target: Path) -> Path:

@@ -6,38 +6,15 @@ import pytest
 
 from core import adapters, arena, evaluate, share
 from core.bundle import read_bundle
-from core.evalset import EvalItem
-from core.generate import SamplingParams
-from core.ingest import ChunkSettings, UploadedFile, ingest
 from core.knowledge import KnowledgeStore
-from core.settings import Settings, load_settings
-from tests.fakes import FakeChatModel
-from tests.training import trained
+from core.settings import load_settings
+from tests.sharing import fill
 
 PAGE = "views/share.py"
-TEXT = b"The release code for night departures is BLUE-HARBOR-42.\n\nRefunds within 45 days."
 
 
 def texts(elements) -> str:
     return " ".join(str(e.value) for e in elements)
-
-
-def fill(settings: Settings, embeddings, name: str = "Harbour") -> None:
-    """A knowledge base, an adapter and an evaluation report in `settings`' studio."""
-    kb = KnowledgeStore(settings, embeddings).create(name)
-    list(ingest(kb, [UploadedFile("handbook.txt", TEXT)], ChunkSettings(200, 20)))
-    run_id = trained(settings, "Harbour voice")
-    fake = FakeChatModel(["BLUE-HARBOR-42"])
-    report = evaluate.new_report(
-        settings,
-        fake,
-        [EvalItem("What is the code?", "BLUE-HARBOR-42")],
-        adapter=adapters.get(settings, run_id),
-        kb=kb,
-        params=SamplingParams(0.0, 1.0, 16),
-        name="Harbour check",
-    )
-    evaluate.run(settings, fake, report, kb)
 
 
 def bundle_from_elsewhere(tmp_path: Path, embeddings) -> Path:
