@@ -190,10 +190,16 @@ def _short(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _title(report: Report) -> str:
+    """'Evaluation: <name>', without saying it twice for the default names."""
+    name = report.name or report.id
+    return name if name.casefold().startswith("evaluation") else f"Evaluation: {name}"
+
+
 def to_markdown(report: Report) -> str:
     found = verdict(report)
     rec = found.recommendation
-    lines = [f"# Evaluation: {_md(report.name or report.id)}", "", f"*{_when(report.created)}*", ""]
+    lines = [f"# {_md(_title(report))}", "", f"*{_when(report.created)}*", ""]
     lines += [f"- **{k}:** {_md(v)}" for k, v in _facts(report)]
     lines += ["", "## Recommendation", "", f"**{_md(rec.headline)}**", ""]
     lines += [f"- {_md(r)}" for r in rec.reasons]
@@ -237,7 +243,7 @@ def to_markdown(report: Report) -> str:
 _HTML = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Evaluation: {{ title }}</title>
+<title>{{ title }}</title>
 <style>
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1200px;padding:0 1rem;
 color:#202124}
@@ -250,7 +256,7 @@ font-size:.9rem} th{background:#f1f3f4} .right{color:#0b8043;font-weight:600}
 .wrong{color:#c5221f;font-weight:600} .charts{display:flex;flex-wrap:wrap;gap:2rem}
 dl{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem} dt{font-weight:600}
 </style></head><body>
-<h1>Evaluation: {{ title }}</h1>
+<h1>{{ title }}</h1>
 <p class="muted">{{ when }} · made with LoRA-RAG Studio</p>
 <dl>{% for k, v in facts %}<dt>{{ k }}</dt><dd>{{ v }}</dd>{% endfor %}</dl>
 <div class="verdict"><strong>{{ rec.headline }}</strong>
@@ -305,7 +311,7 @@ def to_html(report: Report) -> str:
     ]
     return str(
         _template().render(
-            title=report.name or report.id,
+            title=_title(report),
             when=_when(report.created),
             facts=_facts(report),
             rec=found.recommendation,

@@ -118,7 +118,12 @@ def show_progress(report_id: str) -> None:
     done, total = live.done, live.total
     per_question = live.elapsed_s / done if done else None
     left = f" · about {short_duration(per_question * (total - done))} left" if per_question else ""
-    st.progress(done / total if total else 0.0, text=f"Question {done} of {total}{left}")
+    text = (
+        f"{done} of {total} questions answered{left}"
+        if done
+        else f"Answering the first questions in all {len(live.modes)} modes…"
+    )
+    st.progress(done / total if total else 0.0, text=text)
     if st.button("Cancel", key="eval_cancel", icon=":material/stop_circle:"):
         evaluate.cancel(report_id)
         st.toast("Cancelling after the current questions…")
