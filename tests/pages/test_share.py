@@ -206,3 +206,28 @@ def test_a_password_in_secrets_protects_the_full_studio_too(studio_env) -> None:
     at.button[0].click().run()
     assert not at.exception
     assert "Start here" in texts(at.subheader)
+
+
+def test_links_open_a_saved_report_and_a_saved_conversation(
+    open_page, fake_model, fake_search
+) -> None:
+    made = fill(load_settings(), fake_search)
+    at = open_page("views/evaluate.py")
+    at.query_params["report"] = made["report"]
+    at.run()
+    assert not at.exception
+    assert at.subheader[0].value == "Harbour check"
+    at.query_params["report"] = "nosuchreport"
+    at.run()
+    assert "The evaluation in this link was not found." in texts(at.warning)
+
+    at = open_page("views/arena.py")
+    at.query_params["conversation"] = made["conversation"]
+    at.run()
+    assert not at.exception
+    assert at.session_state["arena_conversation"].id == made["conversation"]
+    assert "What is the code?" in texts(at.markdown)
+    assert "BLUE-HARBOR-42" in texts(at.markdown).replace("\\", "")
+    at.query_params["conversation"] = "nosuchconversation"
+    at.run()
+    assert "The conversation in this link was not found." in texts(at.warning)
