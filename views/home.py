@@ -77,15 +77,17 @@ else:
         "and get a recommendation with its costs.\n"
         "6. **Share** what you built as a demo that others open read-only."
     )
-    first, second, third, fourth, fifth, sixth = st.columns(6)
-    first.page_link("views/chat.py", label="Chat with the base model", icon=":material/chat:")
-    second.page_link(
-        "views/knowledge.py", label="Build a knowledge base", icon=":material/library_books:"
-    )
-    third.page_link("views/finetune.py", label="Fine-tune", icon=":material/model_training:")
-    fourth.page_link("views/arena.py", label="Compare in the Arena", icon=":material/view_column:")
-    fifth.page_link("views/evaluate.py", label="Evaluate and decide", icon=":material/fact_check:")
-    sixth.page_link("views/share.py", label="Share a demo", icon=":material/share:")
+    links = [
+        ("views/chat.py", "Chat with the base model", ":material/chat:"),
+        ("views/knowledge.py", "Build a knowledge base", ":material/library_books:"),
+        ("views/finetune.py", "Fine-tune", ":material/model_training:"),
+        ("views/arena.py", "Compare in the Arena", ":material/view_column:"),
+        ("views/evaluate.py", "Evaluate and decide", ":material/fact_check:"),
+        ("views/share.py", "Share a demo", ":material/share:"),
+    ]
+    for row in (links[:3], links[3:]):  # two rows of three: the labels stay whole
+        for column, (page, label, icon) in zip(st.columns(3), row, strict=True):
+            column.page_link(page, label=label, icon=icon)
 
 
 st.subheader("This installation")

@@ -59,6 +59,16 @@ with export_tab:
             "first.",
             icon=":material/info:",
         )
+        for column, (page, label, icon) in zip(
+            st.columns(3),
+            [
+                ("views/knowledge.py", "Build a knowledge base", ":material/library_books:"),
+                ("views/finetune.py", "Fine-tune", ":material/model_training:"),
+                ("views/evaluate.py", "Evaluate", ":material/fact_check:"),
+            ],
+            strict=True,
+        ):
+            column.page_link(page, label=label, icon=icon)
     else:
         left, right = st.columns(2)
         chosen_kbs = left.multiselect(

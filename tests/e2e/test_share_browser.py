@@ -125,6 +125,9 @@ def test_export_a_demo_open_it_read_only_and_ask_there(
         assert page.get_by_text("Drop files here").count() == 0
         assert page.get_by_role("button", name="Add to knowledge base").count() == 0
         assert page.get_by_role("button", name="Delete").count() == 0
+        page.get_by_text("What would the model see?").wait_for(timeout=60_000)
+        page.get_by_test_id("stDataFrame").first.wait_for(timeout=60_000)
+        screenshot(page, "49-demo-knowledge")
 
         visit(page, f"{url}/arena")
         box = page.get_by_test_id("stChatInputTextArea")
