@@ -89,3 +89,32 @@ def test_a_server_that_is_down_gives_a_plain_message(settings, fake_embeddings) 
     down = settings.model_copy(update={"chroma_host": "127.0.0.1", "chroma_port": free_port()})
     with pytest.raises(KnowledgeBaseError, match="does not answer"):
         KnowledgeStore(down, fake_embeddings).create("Nowhere")
+
+
+def test_a_demo_imported_into_a_server_studio_and_replaced_keeps_its_answers(
+    settings, fake_embeddings, chroma_server, tmp_path
+) -> None:
+    from core import share
+
+    local = KnowledgeStore(settings, fake_embeddings)
+    list(ingest(local.create("Harbour demo"), FILES, ChunkSettings(200, 20)))
+    bundle = share.export_bundle(
+        settings, local, share.ExportChoice(knowledge_bases=["Harbour demo"]), tmp_path / "demo.zip"
+    )
+    served_settings = settings.model_copy(
+        update={
+            "data_dir": tmp_path / "served",
+            "chroma_host": "127.0.0.1",
+            "chroma_port": chroma_server,
+        }
+    )
+    served = KnowledgeStore(served_settings, fake_embeddings)
+    share.import_bundle(served_settings, served, bundle)
+    share.import_bundle(served_settings, served, bundle, replace=True)  # renamed on the server
+    assert served.names() == ["Harbour demo"]
+
+    def answers(store: KnowledgeStore) -> list:
+        found = search(store.open("Harbour demo"), "What is the code BLUE-HARBOR-42?", top_k=3)
+        return [(p.citation, p.text, p.score) for p in found.passages]
+
+    assert answers(served) == answers(local)
