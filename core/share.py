@@ -343,6 +343,30 @@ def _import_adapter(settings: Settings, bundle: Bundle, folder: str, name: str) 
     return target
 
 
+def _restorer(path: Path) -> Callable[[], None]:
+    """An undo step for a file about to be written: put back what was there, or remove it."""
+    before = path.read_bytes() if path.exists() else None
+
+    def restore() -> None:
+        if before is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_bytes(before)
+
+    return restore
+
+
+def _swap_kb(store: KnowledgeStore, temporary: str, old: str, new: str, undo: _Undo) -> None:
+    """Put the imported knowledge base in the place of the one it replaces; the old one is set
+    aside first and comes back if the swap fails."""
+    aside = f"replaced-{uuid.uuid4().hex[:12]}"
+    store.rename(old, aside)
+    undo.add(lambda: store.rename(aside, old))
+    store.rename(temporary, new)
+    undo.add(lambda: store.rename(new, temporary))
+    store.delete(aside)
+
+
 def import_bundle(
     settings: Settings,
     store: KnowledgeStore,
@@ -372,10 +396,7 @@ def import_bundle(
                 undo.add(lambda t=temporary: store.delete(t))
                 previous = existing_kbs[name.casefold()]
                 replaced.append(
-                    lambda t=temporary, old=previous, new=name: (
-                        store.delete(old),
-                        store.rename(t, new),
-                    )
+                    lambda t=temporary, old=previous, new=name: _swap_kb(store, t, old, new, undo)
                 )
             else:
                 undo.add(lambda name=name: store.delete(name))
@@ -398,8 +419,9 @@ def import_bundle(
             path = arena.arena_dir(settings) / "conversations" / f"{conversation.id}.json"
             if path.exists() and not replace:
                 conversation.id = uuid.uuid4().hex[:12]
-            written = arena.save(settings, conversation)
-            undo.add(lambda p=written: p.unlink(missing_ok=True))
+                path = path.with_name(f"{conversation.id}.json")
+            undo.add(_restorer(path))
+            arena.save(settings, conversation)
         for report in plan.evaluations:
             report.adapter = run_ids.get(report.adapter, report.adapter)
             report.knowledge_base = plan.knowledge_bases.get(
@@ -409,8 +431,8 @@ def import_bundle(
                 report.state = "cancelled"  # exported mid-run: it can be resumed, not watched
             if (evaluate.reports_dir(settings) / f"{report.id}.json").exists() and not replace:
                 report.id = uuid.uuid4().hex[:12]
+            undo.add(_restorer(evaluate.reports_dir(settings) / f"{report.id}.json"))
             evaluate.save(settings, report)
-            undo.add(lambda r=report.id: evaluate.delete(settings, r))
         for swap in replaced:
             swap()
     except BaseException as error:

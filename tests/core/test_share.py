@@ -315,3 +315,30 @@ def test_demo_mode_explains_a_missing_bundle_or_model(
     offline = settings.model_copy(update={"demo_bundle": bundle, "offline": True})
     with pytest.raises(share.ModelNotAvailableError, match="not on this machine"):
         share.open_demo(offline)
+
+
+def test_a_replacing_import_that_fails_keeps_what_was_there(
+    settings, knowledge, studio, tmp_path, monkeypatch
+) -> None:
+    bundle = export(settings, knowledge, studio, tmp_path / "demo.zip")
+    conversation_file = (
+        arena.arena_dir(settings) / "conversations" / f"{studio['conversation']}.json"
+    )
+    kept_conversation = conversation_file.read_bytes()
+    passages = knowledge.open("Harbour").passage_count()
+    real_rename = KnowledgeStore.rename
+
+    def rename_fails_when_the_new_one_moves_in(self, old, new):  # type: ignore[no-untyped-def]
+        if old.startswith("import-"):
+            raise OSError(28, "No space left on device")
+        return real_rename(self, old, new)
+
+    monkeypatch.setattr(KnowledgeStore, "rename", rename_fails_when_the_new_one_moves_in)
+    with pytest.raises(BundleError, match="nothing was kept"):
+        share.import_bundle(settings, knowledge, bundle, replace=True)
+    assert knowledge.names() == ["Harbour"]
+    assert knowledge.open("Harbour").passage_count() == passages
+    assert search(knowledge.open("Harbour"), QUESTIONS[0]).passages
+    assert [a.run_id for a in adapters.list_adapters(settings)] == [studio["run_id"]]
+    assert conversation_file.read_bytes() == kept_conversation  # overwritten, then put back
+    assert [r.id for r in evaluate.list_reports(settings)] == [studio["report"]]
