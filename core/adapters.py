@@ -21,6 +21,8 @@ from core.settings import Settings, check_writable
 
 WEIGHTS_FILE = "adapter_model.safetensors"  # PEFT's names (peft.utils), without importing it
 ADAPTER_CONFIG_FILE = "adapter_config.json"
+# What leaves the studio with an adapter (zip download, demo bundle): never the training data.
+SHARED_FILES = (WEIGHTS_FILE, ADAPTER_CONFIG_FILE, runs.METADATA_FILE)
 
 
 @dataclass
@@ -125,7 +127,7 @@ def zip_bytes(settings: Settings, run_id: str) -> bytes:
     info = get(settings, run_id)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name in (WEIGHTS_FILE, ADAPTER_CONFIG_FILE, runs.METADATA_FILE):
+        for name in SHARED_FILES:
             archive.write(info.folder / name, arcname=name)
     return buffer.getvalue()
 

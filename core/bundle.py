@@ -65,6 +65,7 @@ class Bundle:
 
     manifest: dict[str, Any]
     members: dict[str, bytes] = field(default_factory=dict)
+    vectors: dict[str, Any] = field(default_factory=dict)  # knowledge base folder -> matrix
 
     def json(self, name: str) -> Any:
         return json.loads(self.members[name])
@@ -283,6 +284,7 @@ def _check_contents(bundle: Bundle) -> None:
                 f"The knowledge base '{entry.get('name')}' has passages and vectors that do not "
                 "match: the bundle is damaged."
             )
+        bundle.vectors[folder] = vectors
     for entry in bundle.adapters:
         folder = str(entry.get("folder", ""))
         weights = f"{folder}/adapter_model.safetensors"

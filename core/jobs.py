@@ -166,7 +166,7 @@ def create(
     if blockers:
         raise InvalidInputError(blockers[0])
     device, dtype = _device_and_dtype(settings)
-    run_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+    run_id = new_run_id()
     run_dir = runs_dir(settings) / run_id
     run_dir.mkdir(parents=True)
     runs.RunSpec(
@@ -186,6 +186,11 @@ def create(
     ).save(run_dir)
     runs.write_dataset(run_dir, dataset)
     return run_dir
+
+
+def new_run_id() -> str:
+    """A run folder's name: sortable by time, unique by its random tail."""
+    return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
 def start(settings: Settings, dataset: Dataset, config: TrainConfig, **options: str) -> RunStatus:

@@ -13,12 +13,11 @@ import contextlib
 import importlib.metadata
 import json
 import re
-import secrets
 import shutil
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from core import adapters, arena, evaluate, models, runs
 from core.bundle import FORMAT, FORMAT_VERSION, Bundle, BundleError, read_bundle, sha256, write_zip
 from core.errors import KnowledgeBaseError, ModelNotAvailableError, StudioError
 from core.ingest import FILE_TYPES
-from core.jobs import runs_dir
+from core.jobs import new_run_id, runs_dir
 from core.knowledge import (
     DocumentRecord,
     KnowledgeStore,
@@ -41,7 +40,6 @@ _BATCH = 1000
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 # The settings that shape answers: a demo is presented with the ones it was made with.
 SHARED_SETTINGS = ("system_prompt", "temperature", "top_p", "max_new_tokens", "top_k")
-ADAPTER_FILES = (adapters.WEIGHTS_FILE, adapters.ADAPTER_CONFIG_FILE, runs.METADATA_FILE)
 
 
 def app_version() -> str:
@@ -65,45 +63,49 @@ class ExportChoice:
     include_files: bool = True  # the original documents, so the demo can be rebuilt
 
 
-def _knowledge_members(store: KnowledgeStore, name: str, folder: str, with_files: bool) -> dict:
+def _knowledge_members(
+    store: KnowledgeStore, name: str, folder: str, with_files: bool
+) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """A knowledge base's members of the bundle, and its entry in the manifest."""
     import numpy as np
     from safetensors.numpy import save
 
     kb = store.open(name)
     documents = [d for d in kb.documents() if d.status == "complete"]
     complete = {d.doc_id for d in documents}
-    ids, texts, metas, vectors = [], [], [], []
+    rows, vectors = [], []
     for got in kb.stored_batches():
         for passage_id, text, meta, vector in zip(
             got["ids"], got["documents"], got["metadatas"], got["embeddings"], strict=True
         ):
             if meta.get("doc_id") in complete:  # a document still being written is left out
-                ids.append(passage_id)
-                texts.append(text)
-                metas.append(meta)
+                rows.append(json.dumps({"id": passage_id, "text": text, "metadata": meta}))
                 vectors.append(vector)
-    matrix = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
-    lines = (
-        json.dumps({"id": i, "text": t, "metadata": m})
-        for i, t, m in zip(ids, texts, metas, strict=True)
-    )
+    catalog = {
+        "name": kb.name,
+        "embedding_model": kb.embedding_model,
+        "documents": [asdict(d) for d in documents],
+    }
     members = {
-        f"{folder}/catalog.json": json.dumps(
-            {
-                "name": kb.name,
-                "embedding_model": kb.embedding_model,
-                "documents": [d.__dict__ for d in documents],
-            }
-        ).encode(),
-        f"{folder}/passages.jsonl": "\n".join(lines).encode(),
-        f"{folder}/embeddings.safetensors": save({"embeddings": matrix}),
+        f"{folder}/catalog.json": json.dumps(catalog).encode(),
+        f"{folder}/passages.jsonl": "\n".join(rows).encode(),
+        f"{folder}/embeddings.safetensors": save(
+            {"embeddings": np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)}
+        ),
     }
     if with_files:
         for record in documents:
             path = kb.original_path(record)
             if path.is_file():
                 members[f"{folder}/files/{path.name}"] = path.read_bytes()
-    return members
+    entry = {
+        "name": name,
+        "folder": folder,
+        "documents": len(documents),
+        "passages": len(rows),
+        "with_files": with_files,
+    }
+    return members, entry
 
 
 def export_bundle(
@@ -130,25 +132,14 @@ def export_bundle(
     for n, name in enumerate(choice.knowledge_bases, 1):
         progress((n - 1) / steps, f"Knowledge base '{name}'")
         folder = f"knowledge/{n}"
-        found = _knowledge_members(store, name, folder, choice.include_files)
+        found, entry = _knowledge_members(store, name, folder, choice.include_files)
         members.update(found)
-        catalog = json.loads(found[f"{folder}/catalog.json"])
-        manifest["knowledge_bases"].append(
-            {
-                "name": name,
-                "folder": folder,
-                "documents": len(catalog["documents"]),
-                "passages": found[f"{folder}/passages.jsonl"].count(b"\n") + 1
-                if found[f"{folder}/passages.jsonl"]
-                else 0,
-                "with_files": choice.include_files,
-            }
-        )
+        manifest["knowledge_bases"].append(entry)
     for n, run_id in enumerate(choice.adapters, 1):
         info = adapters.get(settings, run_id)
         progress((len(choice.knowledge_bases) + n - 1) / steps, f"Adapter '{info.name}'")
         folder = f"adapters/{n}"
-        for file_name in ADAPTER_FILES:
+        for file_name in adapters.SHARED_FILES:
             members[f"{folder}/{file_name}"] = (info.folder / file_name).read_bytes()
         manifest["adapters"].append(
             {"name": info.name, "run_id": run_id, "folder": folder, "base_model": info.base_model}
@@ -158,18 +149,12 @@ def export_bundle(
         members[f"arena/{conversation.id}.json"] = arena.to_json(conversation).encode()
     for report_id in choice.evaluations:
         report = evaluate.load(settings, report_id)
-        members[f"evaluations/{report.id}.json"] = json.dumps(_as_dict(report)).encode()
+        members[f"evaluations/{report.id}.json"] = json.dumps(asdict(report)).encode()
     progress((steps - 1) / steps, "Writing the zip")
     target.parent.mkdir(parents=True, exist_ok=True)
     write_zip(target, manifest, members)
     progress(1.0, "Done")
     return target
-
-
-def _as_dict(report: evaluate.Report) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(report)
 
 
 # -- import ----------------------------------------------------------------------------------------
@@ -293,11 +278,7 @@ def _import_kb(
     kb = store.create(name)
     catalog = bundle.json(f"{folder}/catalog.json")
     passages = bundle.jsonl(f"{folder}/passages.jsonl")
-    from core.bundle import check_safetensors
-
-    vectors = check_safetensors(
-        f"{folder}/embeddings.safetensors", bundle.members[f"{folder}/embeddings.safetensors"]
-    )["embeddings"]
+    vectors = bundle.vectors[folder]  # parsed and checked by read_bundle
     for start in range(0, len(passages), _BATCH):
         batch = passages[start : start + _BATCH]
         kb.store._collection.add(
@@ -320,12 +301,12 @@ def _import_kb(
 
 
 def _import_adapter(settings: Settings, bundle: Bundle, folder: str, name: str) -> Path:
-    run_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+    run_id = new_run_id()
     staging = settings.data_dir / "imports" / uuid.uuid4().hex
     adapter_dir = staging / runs.ADAPTER_DIR
     adapter_dir.mkdir(parents=True)
     try:
-        for file_name in ADAPTER_FILES:
+        for file_name in adapters.SHARED_FILES:
             (adapter_dir / file_name).write_bytes(bundle.members[f"{folder}/{file_name}"])
         meta = json.loads((adapter_dir / runs.METADATA_FILE).read_text())
         runs.atomic_write_json(adapter_dir / runs.METADATA_FILE, {**meta, "name": name})
@@ -370,15 +351,18 @@ def _swap_kb(store: KnowledgeStore, temporary: str, old: str, new: str, undo: _U
 def import_bundle(
     settings: Settings,
     store: KnowledgeStore,
-    source: bytes | Path,
+    source: Bundle | bytes | Path,
     *,
     replace: bool = False,
     progress: Progress = _quiet,
 ) -> ImportResult:
-    """Check a bundle whole, then write it into this studio; on any failure nothing stays."""
+    """Check a bundle whole (unless `source` is one read_bundle checked), then write it into
+    this studio; on any failure nothing stays."""
     check_writable(settings, "Importing a demo")
     progress(0.0, "Checking the bundle")
-    plan = plan_import(settings, read_bundle(source, settings.max_bundle_mb * 1_000_000), replace)
+    if not isinstance(source, Bundle):
+        source = read_bundle(source, settings.max_bundle_mb * 1_000_000)
+    plan = plan_import(settings, source, replace)
     bundle, undo = plan.bundle, _Undo()
     existing_kbs = {n.casefold(): n for n in store.names()}
     existing_adapters = {a.name.casefold(): a for a in adapters.list_adapters(settings)}
@@ -477,12 +461,18 @@ def open_demo(settings: Settings, progress: Progress = _quiet) -> Settings:
         raise BundleError(
             f"The demo bundle '{path}' (LRS_DEMO_BUNDLE) cannot be read: {error.strerror}."
         ) from error
-    digest = sha256(data)[:16]
-    bundle = read_bundle(data, settings.max_bundle_mb * 1_000_000)
-    manifest = bundle.manifest
+    digest = sha256(data)
+    folder = settings.data_dir / "demos" / digest[:16]
+    ready = folder / ".ready"
+    bundle = None
+    try:  # unpacked before: its manifest was kept, the bundle needs no second check
+        manifest = json.loads(ready.read_text())["manifest"]
+    except (OSError, ValueError, KeyError):
+        bundle = read_bundle(data, settings.max_bundle_mb * 1_000_000)
+        manifest = bundle.manifest
     demo = settings.model_copy(
         update={
-            "data_dir": settings.data_dir / "demos" / digest,
+            "data_dir": folder,
             "model_cache_dir": settings.models_dir,
             "base_model": str(manifest.get("base_model") or settings.base_model),
             "embedding_model": str(manifest.get("embedding_model") or settings.embedding_model),
@@ -498,12 +488,13 @@ def open_demo(settings: Settings, progress: Progress = _quiet) -> Settings:
     demo = type(settings).model_validate(demo.model_dump())  # re-check the bundle's settings
     _check_model_available(demo.base_model, demo, "chat model")
     _check_model_available(demo.embedding_model, demo, "search model")
-    ready = demo.data_dir / ".ready"
-    demo.data_dir.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(demo.data_dir.parent / f".{digest}.lock")):
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder.parent / f".{digest[:16]}.lock")):
         if not ready.exists():
-            shutil.rmtree(demo.data_dir, ignore_errors=True)  # an unpacking that was cut short
-            demo.data_dir.mkdir(parents=True)
-            import_bundle(demo, KnowledgeStore(demo, None), data, progress=progress)
-            ready.write_text(json.dumps({"bundle": str(path), "sha256": sha256(data)}))
+            bundle = bundle or read_bundle(data, settings.max_bundle_mb * 1_000_000)
+            shutil.rmtree(folder, ignore_errors=True)  # an unpacking that was cut short
+            folder.mkdir(parents=True)
+            import_bundle(demo, KnowledgeStore(demo, None), bundle, progress=progress)
+            kept = {k: v for k, v in manifest.items() if k != "files"}
+            ready.write_text(json.dumps({"bundle": str(path), "sha256": digest, "manifest": kept}))
     return demo.model_copy(update={"read_only": True})

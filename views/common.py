@@ -49,13 +49,22 @@ def _secret(name: str) -> Any:
         return None
 
 
+def _password(settings: Settings) -> str:
+    """The studio's password ('' for none): LRS_DEMO_PASSWORD, else secrets' demo_password."""
+    if settings.demo_password:
+        return settings.demo_password.get_secret_value()
+    return str(_secret("demo_password") or "")
+
+
+def _must_log_in() -> bool:
+    return bool(_secret("auth")) and not st.user.get("is_logged_in")
+
+
 def locked(settings: Settings) -> bool:
     """Whether this browser session still has to log in or give the studio's password."""
-    if _secret("auth") and not st.user.get("is_logged_in"):
-        return True
-    password = settings.demo_password.get_secret_value() if settings.demo_password else None
-    password = password or _secret("demo_password")
-    return bool(password) and not st.session_state.get("access_granted")
+    return _must_log_in() or (
+        bool(_password(settings)) and not st.session_state.get("access_granted")
+    )
 
 
 def access_gate(settings: Settings) -> None:
@@ -64,18 +73,16 @@ def access_gate(settings: Settings) -> None:
     if not locked(settings):
         return
     st.title("LoRA-RAG Studio")
-    if _secret("auth") and not st.user.get("is_logged_in"):
+    if _must_log_in():
         st.info("Log in to open this studio.", icon=":material/lock:")
         st.button("Log in", key="access_login", icon=":material/login:", on_click=st.login)
         st.stop()
-    expected = settings.demo_password.get_secret_value() if settings.demo_password else None
-    expected = str(expected or _secret("demo_password"))
     with st.columns([2, 3])[0], st.form("access_form", border=True):
         st.markdown("This studio is protected by a password.")
         given = st.text_input("Password", type="password", key="access_password")
         opened = st.form_submit_button("Open", icon=":material/lock_open:", type="primary")
     if opened:
-        if hmac.compare_digest(given.encode(), expected.encode()):
+        if hmac.compare_digest(given.encode(), _password(settings).encode()):
             st.session_state["access_granted"] = True
             st.rerun()
         st.error("That password is not right.", icon=":material/error:")

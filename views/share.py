@@ -213,7 +213,7 @@ with import_tab:
                         result = share.import_bundle(
                             settings,
                             store,
-                            upload.getvalue(),
+                            bundle,  # checked above, in this same run
                             replace=replace,
                             progress=lambda f, m: bar.progress(f, text=m),
                         )
