@@ -119,6 +119,15 @@ def _looks_pickled(name: str, head: bytes) -> bool:
 def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
     """A member's bytes, never more than its header declared (zipfile stops there itself; the
     check makes it explicit)."""
+    # Our exports are plain deflate; zipfile raises RuntimeError and NotImplementedError for
+    # these two, which are not zip errors.
+    if info.flag_bits & 0x1:
+        raise BundleError(f"'{info.filename}' is encrypted: demo bundles never are. Refused.")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise BundleError(
+            f"'{info.filename}' is packed in a way the studio does not read (method "
+            f"{info.compress_type}): export the bundle from the studio again."
+        )
     buffer = io.BytesIO()
     with archive.open(info) as handle:
         while chunk := handle.read(_CHUNK):

@@ -27,3 +27,13 @@ class DocumentError(StudioError):
 
 class ReadOnlyError(StudioError):
     """A change was asked of a studio that presents a demo read-only."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """An OSError for a full disk or quota, wherever it was raised (Chroma words it its own way)."""
+    import errno
+
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(error).lower()
+    return "no space left" in text or "disk is full" in text or "database or disk is full" in text

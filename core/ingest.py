@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from core.errors import DocumentError
+from core.errors import DocumentError, is_disk_full
 from core.knowledge import DocumentRecord, KnowledgeBase, process_alive, this_process
 from core.settings import Settings, check_writable
 
@@ -251,12 +251,21 @@ def _prepare(
     return prepared
 
 
+def _original(kb: KnowledgeBase, prepared: _Prepared) -> Path:
+    """Where the original is stored: named by its content hash, never by the uploaded name."""
+    return kb.files_dir / f"{prepared.content_hash}.{prepared.file_type}"
+
+
 def _store_original(kb: KnowledgeBase, prepared: _Prepared) -> None:
     kb.files_dir.mkdir(parents=True, exist_ok=True)
-    target = kb.files_dir / f"{prepared.content_hash}.{prepared.file_type}"
+    target = _original(kb, prepared)
     if not target.exists():
         partial = target.with_suffix(".partial")
-        partial.write_bytes(prepared.upload.data)
+        try:
+            partial.write_bytes(prepared.upload.data)
+        except OSError:
+            partial.unlink(missing_ok=True)  # a full disk: give back what the half file took
+            raise
         partial.replace(target)  # atomic: a crash never leaves half a file under the name
 
 
@@ -366,7 +375,14 @@ def _add_one(
                 done + share * written / count,
             )
     except Exception as error:  # storage failed (disk full, server gone): report, carry on
-        yield IngestEvent(name, "failed", f"Could not store the passages ({error}).", done + share)
+        if not kb.catalog.with_content(prepared.content_hash):  # its original is nobody's now
+            _original(kb, prepared).unlink(missing_ok=True)
+        reason = (
+            "The disk is full: free some space, then add this file again. Nothing else changed."
+            if is_disk_full(error)
+            else f"Could not store the passages ({error})."
+        )
+        yield IngestEvent(name, "failed", reason, done + share)
         return
     for old in older:  # the new version is fully in: now the old one can go
         kb.delete_document(old.doc_id)
@@ -384,6 +400,30 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
+def _redo(
+    kb: KnowledgeBase,
+    record: DocumentRecord,
+    chunking: ChunkSettings,
+    message: str,
+    done: float,
+    share: float,
+) -> Iterator[IngestEvent]:
+    """Add a catalogued document again from its stored original, its passages written anew."""
+    kb.delete_passages(record.doc_id)
+    kb.catalog.remove(record.doc_id)
+    original = kb.original_path(record)
+    if not original.exists():
+        yield IngestEvent(record.name, "failed", "Its stored file is gone: add it again.", done)
+        return
+    upload = UploadedFile(record.name, original.read_bytes())
+    for event in _add_one(kb, _prepare(kb, upload, chunking), done, share):
+        if event.status in ("added", "replaced"):
+            event = IngestEvent(
+                record.name, "redone", message, event.fraction, event.passages, event.pages
+            )
+        yield event
+
+
 def recover(kb: KnowledgeBase, chunking: ChunkSettings) -> list[IngestEvent]:
     """Redo documents left 'pending' by a writer that died (a crash or a restart mid-way)."""
     events: list[IngestEvent] = []
@@ -393,25 +433,22 @@ def recover(kb: KnowledgeBase, chunking: ChunkSettings) -> list[IngestEvent]:
                 continue
         if record.owner != this_process() and process_alive(record.owner):
             continue
-        kb.delete_passages(record.doc_id)
-        kb.catalog.remove(record.doc_id)
-        original = kb.original_path(record)
-        if not original.exists():
-            events.append(
-                IngestEvent(record.name, "failed", "Was interrupted and its file is gone.", 1.0)
-            )
-            continue
-        upload = UploadedFile(record.name, original.read_bytes())
-        results = list(_add_one(kb, _prepare(kb, upload, chunking), 0.0, 1.0))
-        last = results[-1]
-        if last.status in ("added", "replaced"):
-            last = IngestEvent(
-                record.name,
-                "redone",
-                "Was interrupted earlier and has been added again.",
-                1.0,
-                last.passages,
-                last.pages,
-            )
+        *_, last = _redo(
+            kb, record, chunking, "Was interrupted earlier and has been added again.", 0.0, 1.0
+        )
         events.append(last)
     return events
+
+
+def rebuild(kb: KnowledgeBase, chunking: ChunkSettings) -> Iterator[IngestEvent]:
+    """Write every document's passages again from its stored original: for a search index that
+    was damaged or lost (KnowledgeBase.missing_passages)."""
+    check_writable(kb.settings, "Rebuilding a knowledge base")
+    records = kb.catalog.documents(status="complete")
+    total = max(len(records), 1)
+    for position, record in enumerate(records):
+        yield IngestEvent(record.name, "started", f"Reading {record.name}", position / total)
+        yield from _redo(
+            kb, record, chunking, "Rebuilt from its stored file.", position / total, 1 / total
+        )
+    yield IngestEvent("", "progress", "Done", 1.0)

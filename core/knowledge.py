@@ -101,8 +101,35 @@ def chroma_client(host: str | None, port: int, path: str) -> Any:
                 f"The Chroma server at {host}:{port} does not answer ({error}). Start it, or "
                 "remove LRS_CHROMA_HOST to keep knowledge bases on this machine."
             ) from error
-    Path(path).mkdir(parents=True, exist_ok=True)
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        client = chromadb.PersistentClient(path=path, settings=options)
+        client.list_collections()  # reads Chroma's database: a damaged one fails here
+        return client
+    except Exception as error:  # Chroma's InternalError, or a plain Exception from its bindings
+        if not _DAMAGED.search(str(error)):
+            raise KnowledgeBaseError(
+                f"The knowledge bases' search index in '{folder}' could not be opened "
+                f"({error}). Is another program using it?"
+            ) from error
+    # Damaged beyond Chroma's own repair: keep it for inspection, start an empty one. Every
+    # knowledge base is then rebuilt from its stored original files (ingest.rebuild).
+    from chromadb.api.client import SharedSystemClient
+
+    SharedSystemClient.clear_system_cache()
+    aside = folder.with_name(f"{folder.name}-damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    folder.rename(aside)
+    folder.mkdir()
+    set_aside[path] = aside
     return chromadb.PersistentClient(path=path, settings=options)
+
+
+# SQLite's words for a file that is not, or no longer, a sound database (codes 26 and 11), and
+# what Chroma says when its tables are gone.
+_DAMAGED = re.compile(r"not a database|malformed|code: (11|26)\b|no such table", re.IGNORECASE)
+# Chroma folders found damaged in this process, and where each was set aside.
+set_aside: dict[str, Path] = {}
 
 
 def client_for(settings: Settings) -> Any:
@@ -227,6 +254,12 @@ class KnowledgeBase:
 
     def passage_count(self) -> int:
         return int(self.store._collection.count())
+
+    def missing_passages(self) -> int:
+        """Passages the catalog has as stored but the search index has not (a damaged or lost
+        Chroma folder, a collection deleted by hand): 0 when the two agree."""
+        expected = sum(d.passages for d in self.catalog.documents(status="complete"))
+        return max(expected - self.passage_count(), 0)
 
     def stored_batches(self, size: int = 1000) -> Iterator[dict[str, Any]]:
         """Every stored passage with its vector and metadata, `size` at a time (Chroma's `get`

@@ -38,7 +38,7 @@ from transformers import (
 )
 
 from core import runs
-from core.errors import InvalidInputError
+from core.errors import InvalidInputError, is_disk_full
 from core.train import (
     Example,
     TrainConfig,
@@ -54,6 +54,10 @@ from core.train import (
 OOM_HINT = (
     "Training ran out of memory. Choose a smaller batch size or a shorter maximum length in "
     "Advanced, then start again."
+)
+DISK_FULL_HINT = (
+    "The disk filled up: training stopped and no adapter was kept from this run. Your other "
+    "adapters are untouched. Free some space, then start again."
 )
 
 
@@ -87,7 +91,9 @@ def run(run_dir: Path, resume: bool = False) -> str:
         state = _fail(status, str(error))
     except Exception as error:  # the worker must always leave a final status
         traceback.print_exc()
-        if any(words in str(error).lower() for words in ("out of memory", "not enough memory")):
+        if is_disk_full(error):
+            state = _fail(status, DISK_FULL_HINT)
+        elif any(words in str(error).lower() for words in ("out of memory", "not enough memory")):
             state = _fail(status, OOM_HINT)
         else:
             state = _fail(status, f"Training stopped with an error: {str(error)[:300]}")
@@ -243,7 +249,11 @@ def _save_adapter(
     save leaves a `.partial` folder that nothing reads, never a damaged adapter."""
     partial = run_dir / f"{runs.ADAPTER_DIR}.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial, safe_serialization=True)
+    try:
+        model.save_pretrained(partial, safe_serialization=True)
+    except OSError:
+        shutil.rmtree(partial, ignore_errors=True)  # a full disk: give back what it took
+        raise
     (partial / "README.md").unlink(missing_ok=True)  # PEFT's empty model card: noise here
     data = status.data
     train_loss, eval_loss = data.get("train_loss") or [], data.get("eval_loss") or []

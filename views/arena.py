@@ -193,7 +193,7 @@ def show_exchange(number: int, exchange: Exchange) -> None:
             if answer.error:
                 st.error(answer.error, icon=":material/error:")
             if answer.text:
-                st.markdown(answer.text)
+                st.markdown(common.answer_markdown(answer.text))
             if hidden:
                 if st.button(
                     "This one is best",

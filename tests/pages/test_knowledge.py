@@ -1,4 +1,5 @@
 from tests.documents import docx_bytes, pdf_bytes, png_bytes
+from tests.restart import restart_studio
 
 PAGE = "views/knowledge.py"
 PDF = pdf_bytes(["Welcome page.", "The release code is BLUE-HARBOR-42.", "Parking is free."])
@@ -91,3 +92,22 @@ def test_document_text_is_never_rendered_as_html(open_page, fake_search) -> None
     at.text_input(key="kb_query").set_value("img onerror").run()
     passage = [m.value for m in at.markdown if "onerror" in m.value][-1]
     assert "\\<img" in passage and "\\*\\*bold\\*\\*" in passage and "\\[link\\]" in passage
+
+
+def test_a_damaged_search_index_is_rebuilt_at_start_and_the_page_says_so(
+    open_page, fake_search, studio_env
+) -> None:
+    upload(create(open_page(PAGE)), ("handbook.pdf", PDF))
+    restart_studio()  # the studio stops, its search index is damaged, it starts again
+    (studio_env / "data" / "chroma" / "chroma.sqlite3").write_bytes(b"not a database" * 1000)
+
+    at = open_page(PAGE)
+    assert not at.exception
+    said = " ".join(w.value for w in at.warning)
+    assert "search index was damaged" in said and "chroma-damaged-" in said
+    assert "rebuilt from your stored files (1 of 1 documents)" in said
+    at.text_input(key="kb_query").set_value("release code BLUE-HARBOR-42").run()
+    assert not at.exception
+    shown = " ".join(m.value for m in at.markdown)
+    assert "handbook\\.pdf, page 2" in shown and "BLUE\\-HARBOR\\-42" in shown
+    assert not [w for w in at.warning if "damaged" in w.value]  # told once, not at every click
