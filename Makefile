@@ -53,6 +53,7 @@ bench: install
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/arena.py
 	$(BIN)/python bench/evaluate.py
+	$(BIN)/python bench/load.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-artifacts

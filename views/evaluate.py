@@ -399,6 +399,7 @@ def new_evaluation() -> None:
         list(SOURCES),
         format_func=SOURCES.get,
         key="eval_source_choice",
+        required=True,  # a second click on the chosen source keeps it, never empties the section
     )
     if source == "upload":
         upload = st.file_uploader(

@@ -89,8 +89,12 @@ except StudioError as error:
 chunking = ChunkSettings(
     int(st.session_state["kb_chunk_size"]), int(st.session_state["kb_chunk_overlap"])
 )
-for event in recover(kb, chunking):
-    st.info(f"{event.file_name}: {event.message}", icon=ICONS.get(event.status))
+recovered = []
+if kb.catalog.documents(status="pending"):  # left by a run that stopped, or one still adding
+    with st.spinner("Finishing documents that an interrupted run left half-added…"):
+        recovered = recover(kb, chunking)
+for event in recovered:
+    st.info(f"{markdown_escape(event.file_name)}: {event.message}", icon=ICONS.get(event.status))
 
 
 # -- adding documents -------------------------------------------------------------------------

@@ -78,10 +78,21 @@ def browser() -> Iterator[object]:
         launched.close()
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
+    report = yield
+    if report.when == "call" and report.failed:
+        item.failed_call = True
+    return report
+
+
 @pytest.fixture
-def page(browser):  # type: ignore[no-untyped-def]
+def page(browser, request):  # type: ignore[no-untyped-def]
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    yield context.new_page()
+    opened = context.new_page()
+    yield opened
+    if getattr(request.node, "failed_call", False):  # what the browser showed when it failed
+        screenshot(opened, f"failed-{request.node.name}")
     context.close()
 
 

@@ -1,0 +1,189 @@
+"""The studio under load: four browser sessions ask the arena at once while a fine-tune runs.
+
+The studio is started the README's way (`streamlit run app.py`) on a scratch data folder that
+shares the prepared default model, with a knowledge base (a small handbook) and an adapter of the
+default shape. Four Chromium sessions (Playwright) each ask the same questions in the arena, all
+at the same time:
+
+- quiet:    with nothing else running
+- training: while a fine-tune runs in its worker process, started the Fine-tune page's way
+
+Every answer must arrive (all four modes, no error on the page), and the training's step must
+keep moving while the sessions ask. Prints one JSON line: per phase the median and worst time
+from pressing Enter to the last of the four answers, the training steps made during the
+training phase and its longest stall, "ratio" (median with training over median quiet, lower is
+better) and "target" (2.0: sharing two cores with a training run may at most halve the speed).
+
+    .venv/bin/python bench/load.py [--sessions 4] [--questions 2] [--tokens 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.arena import handbook, make_adapter
+from core import jobs, runs
+from core.datasets import parse_dataset
+from core.ingest import ChunkSettings, UploadedFile, ingest
+from core.knowledge import KnowledgeStore
+from core.models import load_chat_model, load_embeddings
+from core.settings import load_settings
+from core.train import PRESETS
+from tests.e2e.conftest import CHROMIUM_ARGS, start_studio
+
+ROOT = Path(__file__).resolve().parents[1]
+QUESTIONS = [
+    "What is the harbour release code for night departures?",
+    "Within how many days are cancelled berth bookings refunded?",
+    "Who is the harbour master?",
+    "Where is fuel sold?",
+]
+
+
+async def session(browser, url: str, questions: list[str], found: dict) -> None:  # type: ignore[no-untyped-def]
+    """One visitor: opens the arena, asks each question, waits for all four answers."""
+    context = await browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = await context.new_page()
+    await page.goto(f"{url}/arena")
+    box = page.get_by_test_id("stChatInputTextArea")
+    await box.wait_for(timeout=600_000)
+    for asked, question in enumerate(questions, 1):
+        await box.fill(question)
+        start = time.perf_counter()
+        await box.press("Enter")
+        # Each finished answer shows its timings ("First token …"): four per question.
+        await page.wait_for_function(
+            "n => document.body.innerText.split('First token').length - 1 >= n",
+            arg=4 * asked,
+            timeout=900_000,
+        )
+        found["seconds"].append(time.perf_counter() - start)
+    found["errors"] += await page.get_by_test_id("stException").count()
+    found["errors"] += await page.get_by_test_id("stAlertContentError").count()
+    await context.close()
+
+
+async def ask_all(url: str, sessions: int, questions: list[str]) -> dict:
+    from playwright.async_api import async_playwright
+
+    found: dict = {"seconds": [], "errors": 0}
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=shutil.which("chromium") or shutil.which("chromium-browser"),
+            args=CHROMIUM_ARGS,
+        )
+        await asyncio.gather(*(session(browser, url, questions, found) for _ in range(sessions)))
+        await browser.close()
+    found["answers"] = len(found["seconds"]) * 4
+    return found
+
+
+def watch_steps(run_dir: Path, stop: threading.Event, seen: list[tuple[float, int]]) -> None:
+    while not stop.wait(0.5):
+        seen.append((time.monotonic(), jobs.read(run_dir).step))
+
+
+def summary(found: dict) -> dict:
+    return {
+        "median_s": round(statistics.median(found["seconds"]), 2),
+        "worst_s": round(max(found["seconds"]), 2),
+        "answers": found["answers"],
+        "errors": found["errors"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=4)
+    parser.add_argument("--questions", type=int, default=2, help="questions per session")
+    parser.add_argument("--tokens", type=int, default=32, help="longest answer, in tokens")
+    args = parser.parse_args()
+    questions = QUESTIONS[: args.questions]
+
+    scratch = Path(tempfile.mkdtemp(prefix="bench-load-"))
+    shared = load_settings()
+    settings = shared.model_copy(
+        update={"data_dir": scratch / "data", "model_cache_dir": shared.models_dir.resolve()}
+    )
+    # The studio's content: a knowledge base and a finished adapter of the default shape.
+    run_dir = jobs.runs_dir(settings) / "bench"
+    make_adapter(load_chat_model(settings).model, run_dir / runs.ADAPTER_DIR)
+    (run_dir / "config.json").write_text("{}")
+    (run_dir / runs.ADAPTER_DIR / "studio.json").write_text(
+        json.dumps({"name": "Harbour voice", "base_model": settings.base_model})
+    )
+    kb = KnowledgeStore(settings, load_embeddings(settings)).create("Handbook")
+    list(ingest(kb, [UploadedFile("handbook.txt", handbook())], ChunkSettings(800, 100)))
+
+    environment = {
+        "LRS_MODEL_CACHE_DIR": str(settings.model_cache_dir),
+        "LRS_TEMPERATURE": "0",
+        "LRS_MAX_NEW_TOKENS": str(args.tokens),
+    }
+    process, url = start_studio(settings.data_dir, scratch / "streamlit.log", **environment)
+    try:
+        asyncio.run(ask_all(url, 1, questions[:1]))  # warm-up: models loaded, adapter attached
+        quiet = asyncio.run(ask_all(url, args.sessions, questions))
+
+        # A fine-tune long enough to outlast the training phase, started as the page starts it.
+        rows = (ROOT / "assets" / "examples" / "persona.jsonl").read_bytes()
+        data = parse_dataset("persona.jsonl", rows)
+        training_run = jobs.start(settings, data, PRESETS["balanced"].config, name="Under load")
+        status = jobs.read(training_run.folder)
+        while status.state != "training" or status.step < 1:
+            assert status.active, status
+            time.sleep(0.5)
+            status = jobs.read(training_run.folder)
+        seen: list[tuple[float, int]] = []
+        stop = threading.Event()
+        watcher = threading.Thread(target=watch_steps, args=(training_run.folder, stop, seen))
+        watcher.start()
+        busy = asyncio.run(ask_all(url, args.sessions, questions))
+        stop.set()
+        watcher.join()
+        still = jobs.read(training_run.folder)
+        jobs.cancel(settings, training_run.run_id)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    log = (scratch / "streamlit.log").read_text()
+    # When the step moved; the longest time between two moves is the training's worst stall.
+    moved = [seen[0][0]]
+    moved += [t for (_, before), (t, step) in itertools.pairwise(seen) if step > before]
+    stall = max(b - a for a, b in itertools.pairwise([*moved, seen[-1][0]]))
+    result = {
+        "sessions": args.sessions,
+        "questions_per_session": len(questions),
+        "quiet": summary(quiet),
+        "training": {
+            **summary(busy),
+            "steps_made": seen[-1][1] - seen[0][1],
+            "longest_stall_s": round(stall, 1),
+            "state": still.state,
+        },
+        "tracebacks": log.count("Traceback"),
+        "ratio": round(statistics.median(busy["seconds"]) / statistics.median(quiet["seconds"]), 2),
+        "target": 2.0,
+    }
+    expected = args.sessions * len(questions) * 4
+    assert quiet["answers"] == busy["answers"] == expected, result
+    assert quiet["errors"] == busy["errors"] == result["tracebacks"] == 0, result
+    assert still.state == "training" and result["training"]["steps_made"] > 0, result
+    shutil.rmtree(scratch, ignore_errors=True)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
