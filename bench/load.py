@@ -67,9 +67,10 @@ async def session(browser, url: str, questions: list[str], found: dict) -> None:
         await page.wait_for_function(
             "n => document.body.innerText.split('First token').length - 1 >= n",
             arg=4 * asked,
-            timeout=900_000,
+            timeout=600_000,
         )
         found["seconds"].append(time.perf_counter() - start)
+        print(f"  answered in {found['seconds'][-1]:.1f} s", file=sys.stderr, flush=True)
     found["errors"] += await page.get_by_test_id("stException").count()
     found["errors"] += await page.get_by_test_id("stAlertContentError").count()
     await context.close()
@@ -135,12 +136,14 @@ def main() -> None:
     process, url = start_studio(settings.data_dir, scratch / "streamlit.log", **environment)
     try:
         asyncio.run(ask_all(url, 1, questions[:1]))  # warm-up: models loaded, adapter attached
+        print("quiet phase", file=sys.stderr, flush=True)
         quiet = asyncio.run(ask_all(url, args.sessions, questions))
 
         # A fine-tune long enough to outlast the training phase, started as the page starts it.
-        rows = (ROOT / "assets" / "examples" / "persona.jsonl").read_bytes()
+        # The example dataset six times over: a quick-preset run of some 160 steps.
+        rows = (ROOT / "assets" / "examples" / "persona.jsonl").read_bytes() * 6
         data = parse_dataset("persona.jsonl", rows)
-        training_run = jobs.start(settings, data, PRESETS["balanced"].config, name="Under load")
+        training_run = jobs.start(settings, data, PRESETS["quick"].config, name="Under load")
         status = jobs.read(training_run.folder)
         while status.state != "training" or status.step < 1:
             assert status.active, status
@@ -150,6 +153,7 @@ def main() -> None:
         stop = threading.Event()
         watcher = threading.Thread(target=watch_steps, args=(training_run.folder, stop, seen))
         watcher.start()
+        print(f"training phase (step {status.step})", file=sys.stderr, flush=True)
         busy = asyncio.run(ask_all(url, args.sessions, questions))
         stop.set()
         watcher.join()

@@ -233,3 +233,17 @@ def test_the_speed_probe_is_measured_once(settings, monkeypatch) -> None:
 
     monkeypatch.setattr(jobs.subprocess, "run", no_second_probe)
     assert jobs.measure_speed(settings) == speed
+
+
+def test_the_worker_yields_the_cores_to_the_studio(settings, stop_runs) -> None:
+    """Answers come first: the worker runs at the lowest priority, its session group too (on
+    Linux a new session is weighed as a group, whatever the niceness of its processes)."""
+    run = jobs.start(settings, dataset(200), LONG, name="Background")
+    wait_for(run.folder, lambda s: s.state == "training")
+    pid = runs.read_status(run.folder)["pid"]
+    assert os.getpriority(os.PRIO_PROCESS, pid) == trainer.NICENESS
+    group = Path(f"/proc/{pid}/autogroup")
+    if group.exists():
+        assert group.read_text().split()[-1] == str(trainer.NICENESS)
+    jobs.cancel(settings, run.run_id)
+    wait_for(run.folder, finished, timeout=30)
