@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -85,9 +86,20 @@ def slug(name: str) -> str:
     return f"kb-{readable}-{digest}"
 
 
-@lru_cache(maxsize=4)
 def chroma_client(host: str | None, port: int, path: str) -> Any:
     """One Chroma client per process and place: the embedded store, or a server."""
+    # One at a time: Chroma registers a new embedded store before starting it, so a second
+    # client made meanwhile (two browser sessions opening at once) got a store without its
+    # database ("'RustBindingsAPI' object has no attribute 'bindings'").
+    with _client_lock:
+        return _chroma_client(host, port, path)
+
+
+_client_lock = threading.Lock()
+
+
+@lru_cache(maxsize=4)
+def _chroma_client(host: str | None, port: int, path: str) -> Any:
     import chromadb
     from chromadb.config import Settings as ChromaSettings
 
@@ -117,7 +129,11 @@ def chroma_client(host: str | None, port: int, path: str) -> Any:
     # knowledge base is then rebuilt from its stored original files (ingest.rebuild).
     from chromadb.api.client import SharedSystemClient
 
-    SharedSystemClient.clear_system_cache()
+    # Forget this folder's store (only this one: other clients look theirs up in the same table).
+    damaged = SharedSystemClient._identifier_to_system.pop(path, None)
+    if damaged is not None:
+        with contextlib.suppress(Exception):
+            damaged.stop()
     aside = folder.with_name(f"{folder.name}-damaged-{time.strftime('%Y%m%d-%H%M%S')}")
     folder.rename(aside)
     folder.mkdir()

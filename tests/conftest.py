@@ -60,3 +60,18 @@ def knowledge(settings: Settings, fake_embeddings):  # type: ignore[no-untyped-d
     from core.knowledge import KnowledgeStore
 
     return KnowledgeStore(settings, fake_embeddings)
+
+
+@pytest.fixture
+def stop_runs(settings: Settings):  # type: ignore[no-untyped-def]
+    """Kills the training workers a test left running."""
+    import os
+    import signal
+
+    from core import jobs, runs
+
+    yield
+    for run in jobs.all_runs(settings):
+        pid = runs.read_status(run.folder).get("pid")
+        if run.active and pid and pid != os.getpid():  # in-process runs have our own pid
+            os.kill(pid, signal.SIGKILL)

@@ -9,7 +9,7 @@ def forget_chroma_clients() -> None:
 
     from core import knowledge
 
-    knowledge.chroma_client.cache_clear()
+    knowledge._chroma_client.cache_clear()
     SharedSystemClient.clear_system_cache()
     gc.collect()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -27,6 +28,11 @@ def alpaca_rows(count: int, answer: str | None = None) -> bytes:
             }
         )
     return "\n".join(json.dumps(r) for r in rows).encode()
+
+
+def hashes(folder: Path) -> dict[str, str]:
+    """The SHA-256 of every file in `folder`: an adapter byte for byte."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
 def wait_for(run_dir: Path, condition, timeout: float = 120) -> jobs.RunStatus:

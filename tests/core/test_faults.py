@@ -7,7 +7,6 @@ that was already saved, and can be carried on.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import random
 import shutil
@@ -24,7 +23,7 @@ from core.knowledge import KnowledgeStore
 from core.retrieve import search
 from core.train import TrainConfig
 from tests.restart import forget_chroma_clients
-from tests.training import alpaca_rows, finished, wait_for
+from tests.training import alpaca_rows, finished, hashes, wait_for
 
 SMALL = TrainConfig(batch_size=4, epochs=2, eval_fraction=0.1, max_length=64)
 # About 285 steps of the tiny model with a checkpoint every few dozen: long enough to be killed
@@ -41,19 +40,6 @@ DOCUMENTS = [
 
 def disk_full() -> OSError:
     return OSError(errno.ENOSPC, "No space left on device")
-
-
-def hashes(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
-
-
-@pytest.fixture
-def stop_runs(settings):
-    yield
-    for run in jobs.all_runs(settings):
-        pid = runs.read_status(run.folder).get("pid")
-        if run.active and pid and pid != os.getpid():
-            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 """Training runs in a worker process: progress, cancel, kill and resume, one run at a time."""
 
-import hashlib
 import json
 import os
 import signal
@@ -16,7 +15,7 @@ from core import adapters, jobs, runs, trainer
 from core.datasets import parse_dataset
 from core.errors import InvalidInputError
 from core.train import TrainConfig
-from tests.training import alpaca_rows, finished, wait_for
+from tests.training import alpaca_rows, finished, hashes, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = TrainConfig(batch_size=4, epochs=2, eval_fraction=0.1, max_length=64)
@@ -30,19 +29,6 @@ def dataset(rows: int = 40):
 
 class Died(BaseException):
     """Stands for a SIGKILL: not an Exception, so nothing in the worker catches it."""
-
-
-def hashes(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
-
-
-@pytest.fixture
-def stop_runs(settings):
-    yield
-    for run in jobs.all_runs(settings):
-        pid = runs.read_status(run.folder).get("pid")
-        if run.active and pid and pid != os.getpid():  # in-process runs have our own pid
-            os.kill(pid, signal.SIGKILL)
 
 
 def test_a_run_trains_logs_its_loss_and_writes_the_adapter(settings, stop_runs) -> None:

@@ -80,3 +80,17 @@ def test_the_studio_restarting_finds_its_knowledge_bases(knowledge: KnowledgeSto
     fresh = KnowledgeStore(knowledge.settings, knowledge.embeddings)
     kb = fresh.open("Persist")
     assert [d.name for d in kb.documents()] == ["a.txt"] and kb.passage_count() == 1
+
+
+def test_sessions_opening_the_store_at_the_same_moment_all_get_a_working_client(tmp_path) -> None:
+    # Chroma registers a new embedded store before starting it: without our lock, 14 of 40 such
+    # calls failed with "'RustBindingsAPI' object has no attribute 'bindings'".
+    from concurrent.futures import ThreadPoolExecutor
+
+    from core.knowledge import chroma_client
+
+    def open_store(_: int) -> list:
+        return chroma_client(None, 0, str(tmp_path / "chroma")).list_collections()
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(open_store, range(8))) == [[]] * 8
