@@ -269,7 +269,7 @@ def _repair_knowledge(store: KnowledgeStore) -> None:
     their stored original files, with progress; every visitor is told once what happened."""
     key = str(store.settings.data_dir)
     if key not in _repaired:
-        with _repair_lock:
+        with st.spinner("Checking the knowledge bases…"), _repair_lock:
             if key not in _repaired:
                 _repaired[key] = _rebuild_damaged(store)
     seen = f"repair_seen_{key}"
@@ -282,6 +282,7 @@ def _repair_knowledge(store: KnowledgeStore) -> None:
 def _rebuild_damaged(store: KnowledgeStore) -> list[str]:
     found: list[str] = []
     for name in store.names():
+        shown = markdown_escape(name)
         try:
             kb = store.open(name)  # opening the first one opens Chroma, or sets a damaged one aside
             missing = kb.missing_passages()
@@ -290,10 +291,10 @@ def _rebuild_damaged(store: KnowledgeStore) -> list[str]:
         if not missing:
             continue
         if store.settings.read_only:
-            found.append(f"The search index of '{name}' is incomplete: searches may miss things.")
+            found.append(f"The search index of '{shown}' is incomplete: searches may miss things.")
             continue
         chunking = ChunkSettings.from_settings(store.settings)
-        with st.status(f"Rebuilding the search index of '{name}'…", expanded=True) as status:
+        with st.status(f"Rebuilding the search index of '{shown}'…", expanded=True) as status:
             bar = st.progress(0.0)
             events = []
             for event in rebuild(kb, chunking):
@@ -301,10 +302,10 @@ def _rebuild_damaged(store: KnowledgeStore) -> list[str]:
                 if event.status in ("redone", "failed"):
                     events.append(event)
             redone = sum(e.status == "redone" for e in events)
-            status.update(label=f"Rebuilt '{name}'", state="complete", expanded=False)
+            status.update(label=f"Rebuilt '{shown}'", state="complete", expanded=False)
         lost = [e.file_name for e in events if e.status == "failed"]
         found.append(
-            f"The search index of '{name}' was damaged or missing; it has been rebuilt from your "
+            f"The search index of '{shown}' was damaged or missing; it has been rebuilt from your "
             f"stored files ({redone} of {len(events)} documents)."
             + (f" Could not rebuild: {', '.join(map(markdown_escape, lost))}." if lost else "")
         )
@@ -313,7 +314,8 @@ def _rebuild_damaged(store: KnowledgeStore) -> list[str]:
         found.insert(
             0,
             "The knowledge bases' search index was damaged (the disk filled up, or the studio was "
-            f"stopped mid-write?). It was set aside in '{aside}' and rebuilt from your documents.",
+            f"stopped mid-write?). It was set aside in '{markdown_escape(str(aside))}' and rebuilt "
+            "from your documents.",
         )
     return found
 
