@@ -36,4 +36,4 @@ def is_disk_full(error: BaseException) -> bool:
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     text = str(error).lower()
-    return "no space left" in text or "disk is full" in text or "database or disk is full" in text
+    return "no space left" in text or "disk is full" in text  # SQLite: "database or disk is full"

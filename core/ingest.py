@@ -251,14 +251,9 @@ def _prepare(
     return prepared
 
 
-def _original(kb: KnowledgeBase, prepared: _Prepared) -> Path:
-    """Where the original is stored: named by its content hash, never by the uploaded name."""
-    return kb.files_dir / f"{prepared.content_hash}.{prepared.file_type}"
-
-
 def _store_original(kb: KnowledgeBase, prepared: _Prepared) -> None:
     kb.files_dir.mkdir(parents=True, exist_ok=True)
-    target = _original(kb, prepared)
+    target = kb.stored_file(prepared.content_hash, prepared.file_type)
     if not target.exists():
         partial = target.with_suffix(".partial")
         try:
@@ -376,7 +371,7 @@ def _add_one(
             )
     except Exception as error:  # storage failed (disk full, server gone): report, carry on
         if not kb.catalog.with_content(prepared.content_hash):  # its original is nobody's now
-            _original(kb, prepared).unlink(missing_ok=True)
+            kb.stored_file(prepared.content_hash, prepared.file_type).unlink(missing_ok=True)
         reason = (
             "The disk is full: free some space, then add this file again. Nothing else changed."
             if is_disk_full(error)

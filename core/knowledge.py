@@ -148,10 +148,13 @@ _DAMAGED = re.compile(r"not a database|malformed|code: (11|26)\b|no such table",
 set_aside: dict[str, Path] = {}
 
 
+def chroma_path(settings: Settings) -> str:
+    """Where the embedded Chroma store lives (unused with a Chroma server)."""
+    return str(settings.data_dir / "chroma")
+
+
 def client_for(settings: Settings) -> Any:
-    return chroma_client(
-        settings.chroma_host, settings.chroma_port, str(settings.data_dir / "chroma")
-    )
+    return chroma_client(settings.chroma_host, settings.chroma_port, chroma_path(settings))
 
 
 class Catalog:
@@ -291,8 +294,11 @@ class KnowledgeBase:
             offset += len(got["ids"])
 
     def original_path(self, record: DocumentRecord) -> Path:
-        """The stored original: named by its content hash, never by the uploaded name."""
-        return self.files_dir / f"{record.content_hash}.{record.file_type}"
+        return self.stored_file(record.content_hash, record.file_type)
+
+    def stored_file(self, content_hash: str, file_type: str) -> Path:
+        """Where an original is stored: named by its content hash, never by the uploaded name."""
+        return self.files_dir / f"{content_hash}.{file_type}"
 
     def delete_passages(self, doc_id: str) -> None:
         self.store._collection.delete(where={"doc_id": doc_id})

@@ -309,7 +309,7 @@ def _rebuild_damaged(store: KnowledgeStore) -> list[str]:
             f"stored files ({redone} of {len(events)} documents)."
             + (f" Could not rebuild: {', '.join(map(markdown_escape, lost))}." if lost else "")
         )
-    aside = knowledge.set_aside.get(str(store.settings.data_dir / "chroma"))
+    aside = knowledge.set_aside.get(knowledge.chroma_path(store.settings))
     if aside:
         found.insert(
             0,

@@ -121,3 +121,22 @@ def wait_for_step_above(page, step: int) -> None:  # type: ignore[no-untyped-def
         arg=step,
         timeout=60_000,
     )
+
+
+def export_demo(page, url: str, target: Path, before: str = "", built: str = "") -> Path:  # type: ignore[no-untyped-def]
+    """Build a demo on the Share page and download it to `target`, with screenshots named
+    `before` (the page before the build) and `built` (ready to download) when given."""
+    page.goto(f"{url}/share")
+    build = page.get_by_role("button", name="Build the demo file")
+    build.wait_for(timeout=120_000)
+    if before:
+        screenshot(page, before)
+    build.click()
+    download = page.get_by_role("button", name="Download the demo file")
+    download.wait_for(timeout=180_000)
+    if built:
+        screenshot(page, built)
+    with page.expect_download() as waiting:
+        download.click()
+    waiting.value.save_as(target)
+    return target

@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from tests.documents import docx_bytes, pdf_bytes
-from tests.e2e.conftest import ROOT, screenshot, start_studio, training_step, wait_for_step_above
+from tests.e2e.conftest import (
+    ROOT,
+    export_demo,
+    screenshot,
+    start_studio,
+    training_step,
+    wait_for_step_above,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -137,17 +144,7 @@ def test_the_whole_journey_of_a_new_user(page, fresh_real_data_dir, tmp_path: Pa
         no_error_on(page)
 
         # 10. Export a demo.
-        page.goto(f"{url}/share")
-        build = page.get_by_role("button", name="Build the demo file")
-        build.wait_for(timeout=120_000)
-        build.click()
-        download = page.get_by_role("button", name="Download the demo file")
-        download.wait_for(timeout=180_000)
-        screenshot(page, "69-journey-export")
-        with page.expect_download() as waiting:
-            download.click()
-        bundle = tmp_path / "harbour-demo.zip"
-        waiting.value.save_as(bundle)
+        bundle = export_demo(page, url, tmp_path / "harbour-demo.zip", built="69-journey-export")
         no_error_on(page)
     finally:
         stop(process, tmp_path / "studio.log")

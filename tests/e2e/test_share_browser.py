@@ -14,7 +14,7 @@ from core.knowledge import KnowledgeStore
 from core.settings import Settings
 from core.train import TrainConfig
 from tests.documents import pdf_bytes
-from tests.e2e.conftest import screenshot, start_studio
+from tests.e2e.conftest import export_demo, screenshot, start_studio
 from tests.training import alpaca_rows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -74,18 +74,13 @@ def test_export_a_demo_open_it_read_only_and_ask_there(
     logs = tmp_path_factory.mktemp("share-streamlit")
     process, url = start_studio(made["data_dir"], logs / "studio.log", LRS_TEMPERATURE="0")
     try:
-        page.goto(f"{url}/share")
-        build = page.get_by_role("button", name="Build the demo file")
-        build.wait_for(timeout=120_000)
-        screenshot(page, "40-share-export")
-        build.click()
-        download_button = page.get_by_role("button", name="Download the demo file")
-        download_button.wait_for(timeout=120_000)
-        screenshot(page, "41-share-built")
-        with page.expect_download() as waiting:
-            download_button.click()
-        bundle = tmp_path_factory.mktemp("bundle") / "demo.zip"
-        waiting.value.save_as(bundle)
+        bundle = export_demo(
+            page,
+            url,
+            tmp_path_factory.mktemp("bundle") / "demo.zip",
+            before="40-share-export",
+            built="41-share-built",
+        )
 
         page.get_by_role("tab", name="Import a demo").click()
         page.locator("input[type=file]").set_input_files(str(bundle))
