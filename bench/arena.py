@@ -80,7 +80,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=128, help="new tokens per answer")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds (after a warm-up)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few seconds on tiny inputs, the same code path (the test command runs it)",
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.tokens, args.rounds = 8, 1
 
     settings = load_settings()
     loaded = load_chat_model(settings)

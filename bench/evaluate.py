@@ -70,7 +70,15 @@ class OneByOne:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=64, help="longest answer, in tokens")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few seconds on tiny inputs, the same code path (the test command runs it)",
+    )
     args = parser.parse_args()
+    questions = QUESTIONS[:2] if args.quick else QUESTIONS
+    if args.quick:
+        args.tokens = 8
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-evaluate-"))
     # A scratch studio that shares the prepared model with the real one (prepared there if new).
@@ -95,7 +103,7 @@ def main() -> None:
 
     def timed(model, batch: int) -> tuple[float, evaluate.Report]:
         report = evaluate.new_report(
-            settings, chat, QUESTIONS, adapter=adapter, kb=kb, params=params
+            settings, chat, questions, adapter=adapter, kb=kb, params=params
         )
         start = time.perf_counter()
         evaluate.run(settings, model, report, kb, batch=batch)
@@ -120,7 +128,7 @@ def main() -> None:
         json.dumps(
             {
                 **{k: round(v, 2) for k, v in seconds.items()},
-                "answers": len(QUESTIONS) * 4,
+                "answers": len(questions) * 4,
                 "tokens": tokens,
                 "same_answers": same,  # of the 24, word for word
                 "right": {

@@ -36,7 +36,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=96, help="new tokens per answer")
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds (after a warm-up)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few seconds on tiny inputs, the same code path (the test command runs it)",
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.tokens, args.rounds = 8, 1
 
     settings = load_settings()
     loaded = load_chat_model(settings)

@@ -28,9 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import models
 from core.ingest import ChunkSettings, UploadedFile, ingest
-from core.knowledge import KnowledgeStore, chroma_client
+from core.knowledge import KnowledgeStore
 from core.retrieve import dense_search, search
 from core.settings import load_settings
+from tests.restart import forget_chroma_clients
+
+QUICK_HELP = "a few seconds on tiny inputs, the same code path (the test command runs it)"
 
 CACHE = Path(__file__).resolve().parents[1] / "data" / "bench"
 TEXTS = ["GPL-3", "Apache-2.0", "MPL-2.0"]
@@ -65,6 +68,20 @@ def manuals(names: list[str]) -> list[Path]:
     return wanted
 
 
+def quick_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    from tests.documents import pdf_bytes
+
+    pages = [
+        f"Page {n}. To quit an R session call q(). Data frames are read with read.table and "
+        "read.csv; rm() removes objects and seq() makes sequences. " * 3
+        for n in range(1, 9)
+    ]
+    pdf, text = folder / "R-quick.pdf", folder / "notes"
+    pdf.write_bytes(pdf_bytes(pages))
+    text.write_text("CRAN is the Comprehensive R Archive Network.\n\n" * 20)
+    return [pdf], [text]
+
+
 def plain_pipeline(pdfs: list[Path], texts: list[Path], embeddings, chunking, folder) -> dict:
     import chromadb
     from langchain_chroma import Chroma
@@ -97,12 +114,16 @@ def recall_at_4(kb, finder) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manuals", nargs="+", default=["R-intro", "R-data", "R-FAQ"])
+    parser.add_argument("--quick", action="store_true", help=QUICK_HELP)
     args = parser.parse_args()
 
-    pdfs = manuals(args.manuals)
-    texts = [Path("/usr/share/common-licenses") / n for n in TEXTS]
-    texts = [t for t in texts if t.exists()]
     with tempfile.TemporaryDirectory() as scratch:
+        if args.quick:  # a small made-up manual instead of the downloaded ones
+            pdfs, texts = quick_files(Path(scratch))
+        else:
+            pdfs = manuals(args.manuals)
+            texts = [Path("/usr/share/common-licenses") / n for n in TEXTS]
+            texts = [t for t in texts if t.exists()]
         settings = load_settings(data_dir=Path(scratch) / "data")
         chunking = ChunkSettings.from_settings(settings)
 
@@ -130,7 +151,7 @@ def main() -> None:
 
         fused = recall_at_4(kb, lambda kb, q: search(kb, q, top_k=4).passages)
         dense = recall_at_4(kb, lambda kb, q: dense_search(kb, q, top_k=4))
-        chroma_client.cache_clear()
+        forget_chroma_clients()
 
     ours_rate, plain_rate = passages / ours_s, plain["passages"] / plain["seconds"]
     print(

@@ -110,7 +110,14 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=4)
     parser.add_argument("--questions", type=int, default=2, help="questions per session")
     parser.add_argument("--tokens", type=int, default=32, help="longest answer, in tokens")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few seconds on tiny inputs, the same code path (the test command runs it)",
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.sessions, args.questions, args.tokens = 2, 1, 4
     questions = QUESTIONS[: args.questions]
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-load-"))

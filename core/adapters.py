@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from core import runs
 from core.errors import InvalidInputError, ModelNotAvailableError
 from core.generate import ChatModel
@@ -23,6 +25,35 @@ WEIGHTS_FILE = "adapter_model.safetensors"  # PEFT's names (peft.utils), without
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 # What leaves the studio with an adapter (zip download, demo bundle): never the training data.
 SHARED_FILES = (WEIGHTS_FILE, ADAPTER_CONFIG_FILE, runs.METADATA_FILE)
+MAX_NAME = 80
+
+
+class AdapterMeta(BaseModel):
+    """An adapter's `studio.json`, as read back from disk or a bundle: every field type-checked
+    (extra fields are kept, for older and newer studios)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field("", max_length=MAX_NAME)
+    base_model: str = Field("", max_length=300)
+    dataset_name: str = Field("", max_length=300)
+    system_prompt: str = Field("", max_length=20_000)
+    preset: str = Field("", max_length=64)
+    settings: dict[str, Any] = Field(default_factory=dict)
+    final_train_loss: float | None = None
+    final_eval_loss: float | None = None
+    duration_s: float = 0.0
+    created: float = 0.0
+    train_loss: list[list[float]] = Field(default_factory=list)
+    eval_loss: list[list[float]] = Field(default_factory=list)
+
+
+def read_meta(path: Path) -> AdapterMeta | None:
+    """The metadata at `path`, or None when it is missing or not valid."""
+    try:
+        return AdapterMeta.model_validate_json(path.read_bytes())
+    except (OSError, ValidationError):
+        return None
 
 
 @dataclass
@@ -56,29 +87,26 @@ class AdapterInfo:
 
 def _info(settings: Settings, run_dir: Path) -> AdapterInfo | None:
     folder = run_dir / runs.ADAPTER_DIR
-    try:
-        meta = json.loads((folder / runs.METADATA_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    if not (folder / WEIGHTS_FILE).exists():
+    meta = read_meta(folder / runs.METADATA_FILE)
+    if meta is None or not (folder / WEIGHTS_FILE).exists():
         return None
     return AdapterInfo(
         run_id=run_dir.name,
         folder=folder,
-        name=str(meta.get("name") or run_dir.name),
-        base_model=str(meta.get("base_model", "")),
-        compatible=meta.get("base_model") == settings.base_model,
-        dataset_name=str(meta.get("dataset_name", "")),
-        system_prompt=str(meta.get("system_prompt", "")),
-        preset=str(meta.get("preset", "")),
-        settings=dict(meta.get("settings") or {}),
-        final_train_loss=meta.get("final_train_loss"),
-        final_eval_loss=meta.get("final_eval_loss"),
-        duration_s=float(meta.get("duration_s") or 0),
-        created=float(meta.get("created") or 0),
+        name=meta.name or run_dir.name,
+        base_model=meta.base_model,
+        compatible=meta.base_model == settings.base_model,
+        dataset_name=meta.dataset_name,
+        system_prompt=meta.system_prompt,
+        preset=meta.preset,
+        settings=meta.settings,
+        final_train_loss=meta.final_train_loss,
+        final_eval_loss=meta.final_eval_loss,
+        duration_s=meta.duration_s,
+        created=meta.created,
         size_bytes=sum(p.stat().st_size for p in folder.iterdir() if p.is_file()),
-        train_loss=list(meta.get("train_loss") or []),
-        eval_loss=list(meta.get("eval_loss") or []),
+        train_loss=meta.train_loss,
+        eval_loss=meta.eval_loss,
     )
 
 
@@ -106,8 +134,8 @@ def rename(settings: Settings, run_id: str, new_name: str) -> AdapterInfo:
     name = " ".join(new_name.split())
     if not name:
         raise InvalidInputError("Give the adapter a name.")
-    if len(name) > 80:
-        raise InvalidInputError("Keep the name under 80 characters.")
+    if len(name) > MAX_NAME:
+        raise InvalidInputError(f"Keep the name under {MAX_NAME} characters.")
     info = get(settings, run_id)
     path = info.folder / runs.METADATA_FILE
     meta = json.loads(path.read_text())

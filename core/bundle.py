@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
 from core.errors import InvalidInputError
 
 FORMAT = "lora-rag-studio-demo"
@@ -59,13 +61,83 @@ class BundleError(InvalidInputError):
     """A bundle that cannot be imported; the message says why, for the person who chose it."""
 
 
+# -- what a bundle's JSON may hold ---------------------------------------------------------------
+# Every JSON member is parsed into one of these before anything uses it: a wrong type, an
+# overlong name or a folder outside the layout above is refused at the door, not met by a page.
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+ModelName = Field("", max_length=300)
+
+
+class FileEntry(_Strict):
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class KnowledgeEntry(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+    folder: str = Field(pattern=r"^knowledge/\d{1,4}$")
+    documents: int = Field(0, ge=0)
+    passages: int = Field(0, ge=0)
+    with_files: bool = False
+
+
+class AdapterEntry(_Strict):
+    name: str = Field(min_length=1, max_length=80)
+    run_id: str = Field(pattern=r"^[0-9A-Za-z_-]{1,64}$")
+    folder: str = Field(pattern=r"^adapters/\d{1,4}$")
+    base_model: str = ModelName
+
+
+class Manifest(_Strict):
+    format: str
+    format_version: int = Field(ge=1)
+    app_version: str = Field("", max_length=64)
+    created: float = 0.0
+    base_model: str = ModelName
+    embedding_model: str = ModelName
+    settings: dict[str, str | int | float | None] = Field(default_factory=dict)
+    knowledge_bases: list[KnowledgeEntry] = Field(default_factory=list)
+    adapters: list[AdapterEntry] = Field(default_factory=list)
+    files: dict[str, FileEntry] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Manifest:
+        folders = [e.folder for e in self.knowledge_bases] + [e.folder for e in self.adapters]
+        run_ids = [e.run_id for e in self.adapters]
+        if len(set(folders)) != len(folders) or len(set(run_ids)) != len(run_ids):
+            raise ValueError("names the same folder or adapter twice")
+        return self
+
+
+class PassageRow(_Strict):
+    id: str = Field(min_length=1, max_length=200)
+    text: str
+    metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+
+
+def _typed(kind: type[Any], data: Any, name: str) -> Any:
+    try:
+        return kind.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "its top level"
+        raise BundleError(
+            f"'{name}' in the bundle is not valid ('{where[:60]}': {first['msg'][:100]}): the "
+            "bundle is damaged or was not made by LoRA-RAG Studio."
+        ) from None
+
+
 @dataclass
 class Bundle:
     """A checked bundle: its manifest and every member's bytes, all verified."""
 
-    manifest: dict[str, Any]
+    manifest: Manifest
     members: dict[str, bytes] = field(default_factory=dict)
     vectors: dict[str, Any] = field(default_factory=dict)  # knowledge base folder -> matrix
+    passages: dict[str, list[PassageRow]] = field(default_factory=dict)  # folder -> rows
 
     def json(self, name: str) -> Any:
         return json.loads(self.members[name])
@@ -74,12 +146,12 @@ class Bundle:
         return [json.loads(line) for line in self.members[name].splitlines() if line.strip()]
 
     @property
-    def knowledge_bases(self) -> list[dict[str, Any]]:
-        return list(self.manifest.get("knowledge_bases", []))
+    def knowledge_bases(self) -> list[KnowledgeEntry]:
+        return list(self.manifest.knowledge_bases)
 
     @property
-    def adapters(self) -> list[dict[str, Any]]:
-        return list(self.manifest.get("adapters", []))
+    def adapters(self) -> list[AdapterEntry]:
+        return list(self.manifest.adapters)
 
     @property
     def conversations(self) -> list[str]:
@@ -150,7 +222,7 @@ def check_safetensors(name: str, data: bytes) -> dict[str, Any]:
         ) from error
 
 
-def _manifest(archive: zipfile.ZipFile, infos: dict[str, zipfile.ZipInfo]) -> dict[str, Any]:
+def _manifest(archive: zipfile.ZipFile, infos: dict[str, zipfile.ZipInfo]) -> Manifest:
     info = infos.get(MANIFEST)
     if info is None:
         raise BundleError(
@@ -177,7 +249,7 @@ def _manifest(archive: zipfile.ZipFile, infos: dict[str, zipfile.ZipInfo]) -> di
         )
     if not isinstance(manifest.get("files"), dict):
         raise BundleError("The bundle's manifest lists no files: the bundle is damaged.")
-    return manifest
+    return _typed(Manifest, manifest, MANIFEST)  # type: ignore[no-any-return]
 
 
 def _check_headers(infos: Iterable[zipfile.ZipInfo], max_bytes: int) -> dict[str, zipfile.ZipInfo]:
@@ -227,7 +299,7 @@ def read_bundle(source: bytes | Path | IO[bytes], max_bytes: int) -> Bundle:
                 raise BundleError(f"The bundle holds more than {MAX_MEMBERS} files: refused.")
             by_name = _check_headers(infos, max_bytes)
             manifest = _manifest(archive, by_name)
-            listed: dict[str, Any] = manifest["files"]
+            listed = manifest.files
             bundle = Bundle(manifest)
             for name, info in by_name.items():
                 if name == MANIFEST:
@@ -244,7 +316,7 @@ def read_bundle(source: bytes | Path | IO[bytes], max_bytes: int) -> Bundle:
                         "loaded. Only safetensors weights are accepted."
                     )
                 expected = listed[name]
-                if len(data) != expected.get("size") or sha256(data) != expected.get("sha256"):
+                if len(data) != expected.size or sha256(data) != expected.sha256:
                     raise BundleError(
                         f"'{name}' does not match the manifest: the bundle is damaged or was "
                         "changed after export."
@@ -278,28 +350,26 @@ def _check_contents(bundle: Bundle) -> None:
         except ValueError as error:
             raise BundleError(f"'{name}' cannot be read: the bundle is damaged.") from error
     for entry in bundle.knowledge_bases:
-        folder = str(entry.get("folder", ""))
+        folder = entry.folder
         needed = [
             f"{folder}/{n}" for n in ("catalog.json", "passages.jsonl", "embeddings.safetensors")
         ]
         if not all(n in bundle.members for n in needed):
-            raise BundleError(
-                f"The knowledge base '{entry.get('name')}' is incomplete in the bundle."
-            )
+            raise BundleError(f"The knowledge base '{entry.name}' is incomplete in the bundle.")
         vectors = check_safetensors(needed[2], bundle.members[needed[2]]).get("embeddings")
-        passages = bundle.jsonl(needed[1])
+        passages = [_typed(PassageRow, row, needed[1]) for row in bundle.jsonl(needed[1])]
         if vectors is None or vectors.ndim != 2 or len(vectors) != len(passages):
             raise BundleError(
-                f"The knowledge base '{entry.get('name')}' has passages and vectors that do not "
+                f"The knowledge base '{entry.name}' has passages and vectors that do not "
                 "match: the bundle is damaged."
             )
         bundle.vectors[folder] = vectors
+        bundle.passages[folder] = passages
     for entry in bundle.adapters:
-        folder = str(entry.get("folder", ""))
-        weights = f"{folder}/adapter_model.safetensors"
-        needed = [weights, f"{folder}/adapter_config.json", f"{folder}/studio.json"]
+        weights = f"{entry.folder}/adapter_model.safetensors"
+        needed = [weights, f"{entry.folder}/adapter_config.json", f"{entry.folder}/studio.json"]
         if not all(n in bundle.members for n in needed):
-            raise BundleError(f"The adapter '{entry.get('name')}' is incomplete in the bundle.")
+            raise BundleError(f"The adapter '{entry.name}' is incomplete in the bundle.")
         check_safetensors(weights, bundle.members[weights])
 
 

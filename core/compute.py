@@ -11,6 +11,7 @@ generation to this single long-lived thread instead.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,6 +29,18 @@ def _mark() -> None:
 
 
 _executor.submit(_mark)
+
+
+def _stop_decoding() -> None:
+    decode = sys.modules.get("core.decode")  # not imported: nothing is decoding
+    if decode is not None:
+        decode.stopping.set()
+
+
+# At interpreter shutdown (a studio sent SIGTERM) the torch thread is joined before the process
+# can exit: end the answers it is decoding first. Hooks registered here run before the join
+# concurrent.futures registered at its import (they run newest first).
+threading._register_atexit(_stop_decoding)  # type: ignore[attr-defined]
 
 
 def submit(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Future[T]:

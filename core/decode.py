@@ -31,6 +31,9 @@ from typing import Any
 import torch
 
 BASE = "__base__"  # PEFT's adapter name for "no adapter" in a mixed batch
+# Set when the process shuts down (compute.py): every row still decoding ends at its next token,
+# so that a studio sent SIGTERM exits in seconds instead of finishing its answers first.
+stopping = threading.Event()
 ATTENTION = "studio"  # our attention function's name in transformers' AttentionInterface
 
 
@@ -107,7 +110,7 @@ def _decode(
     caches: dict[int, Any] = {}
     for index in sorted(range(len(rows)), key=lambda i: len(rows[i].ids)):
         row = rows[index]
-        if row.cancel.is_set() or row.max_new_tokens < 1:
+        if row.cancel.is_set() or stopping.is_set() or row.max_new_tokens < 1:
             row.end()
             continue
         cache = DynamicCache(config=model.config)
@@ -143,7 +146,7 @@ def _decode(
         names = None if fast else adapters
         while True:
             for index in active:
-                if rows[index].cancel.is_set():
+                if rows[index].cancel.is_set() or stopping.is_set():
                     rows[index].end()
             active = [i for i in active if not rows[i].done.is_set()]
             if not active:

@@ -13,7 +13,6 @@ import logging
 import statistics
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,11 +23,13 @@ from core.arena import MODES, Conversation, ModeAnswer
 from core.errors import InvalidInputError, StudioError
 from core.evalset import EvalItem, seen_in_training
 from core.generate import ChatModel, SamplingParams
+from core.ids import check_id, new_id
 from core.knowledge import KnowledgeBase
 from core.metrics import Interval, bootstrap_mean, contains, score
 from core.retrieve import search
 from core.runs import atomic_write_json
 from core.settings import Settings, check_writable
+from core.typed import parse
 
 log = logging.getLogger(__name__)
 QUESTIONS_PER_BATCH = 2  # 2 questions x 4 modes = 8 answers decoded together
@@ -69,7 +70,7 @@ class QuestionResult:
 
 @dataclass
 class Report:
-    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    id: str = field(default_factory=new_id)
     name: str = ""
     created: float = field(default_factory=time.time)
     model: str = ""
@@ -101,19 +102,12 @@ class Report:
         return len(self.items)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Report:
-        data = dict(data)
-        data["items"] = [EvalItem(**i) for i in data.get("items", [])]
-        data["results"] = [
-            QuestionResult(
-                **{
-                    **r,
-                    "answers": {k: ModeAnswer(**a) for k, a in r.get("answers", {}).items()},
-                }
-            )
-            for r in data.get("results", [])
-        ]
-        return cls(**data)
+    def from_dict(cls, data: Any) -> Report:
+        """A report read from disk or a bundle: every field type-checked, the id safe to become
+        a file name."""
+        report = parse(cls, data, "A saved evaluation report")
+        check_id(report.id, "evaluation report")
+        return report
 
 
 # -- scoring ---------------------------------------------------------------------------------------
@@ -260,23 +254,22 @@ def reports_dir(settings: Settings) -> Path:
     return settings.data_dir / "evaluations"
 
 
-def _path(settings: Settings, report_id: str) -> Path:
-    if not report_id.isalnum():
-        raise InvalidInputError("That is not an evaluation report.")
+def report_path(settings: Settings, report_id: str) -> Path:
+    check_id(report_id, "evaluation report")
     return reports_dir(settings) / f"{report_id}.json"
 
 
 def save(settings: Settings, report: Report) -> None:
     check_writable(settings, "Saving evaluations")
-    path = _path(settings, report.id)
+    path = report_path(settings, report.id)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, asdict(report))
 
 
 def load(settings: Settings, report_id: str) -> Report:
     try:
-        return Report.from_dict(json.loads(_path(settings, report_id).read_text()))
-    except (OSError, ValueError, TypeError) as error:
+        return Report.from_dict(json.loads(report_path(settings, report_id).read_text()))
+    except (OSError, ValueError, TypeError, InvalidInputError) as error:
         raise InvalidInputError("That evaluation report cannot be opened.") from error
 
 
@@ -286,7 +279,7 @@ def list_reports(settings: Settings) -> list[Report]:
     for path in reports_dir(settings).glob("*.json"):
         try:
             found.append(Report.from_dict(json.loads(path.read_text())))
-        except (OSError, ValueError, TypeError):
+        except (OSError, ValueError, TypeError, InvalidInputError):
             continue
     return sorted(found, key=lambda r: -r.created)
 
@@ -295,7 +288,7 @@ def delete(settings: Settings, report_id: str) -> None:
     check_writable(settings, "Deleting evaluations")
     if is_running(report_id):
         raise InvalidInputError("This evaluation is still running: cancel it first.")
-    _path(settings, report_id).unlink(missing_ok=True)
+    report_path(settings, report_id).unlink(missing_ok=True)
 
 
 def status(report: Report) -> str:

@@ -420,8 +420,11 @@ def _redo(
 
 
 def recover(kb: KnowledgeBase, chunking: ChunkSettings) -> list[IngestEvent]:
-    """Redo documents left 'pending' by a writer that died (a crash or a restart mid-way)."""
+    """Redo documents left 'pending' by a writer that died (a crash or a restart mid-way). A
+    read-only studio leaves them as they are: it writes nothing."""
     events: list[IngestEvent] = []
+    if kb.settings.read_only:
+        return events
     for record in kb.catalog.documents(status="pending"):
         with _active_lock:
             if record.doc_id in _active:

@@ -86,20 +86,21 @@ def slug(name: str) -> str:
     return f"kb-{readable}-{digest}"
 
 
-def chroma_client(host: str | None, port: int, path: str) -> Any:
-    """One Chroma client per process and place: the embedded store, or a server."""
+def chroma_client(host: str | None, port: int, path: str, read_only: bool = False) -> Any:
+    """One Chroma client per process and place: the embedded store, or a server. A read-only
+    studio never sets a damaged store aside: it reports it."""
     # One at a time: Chroma registers a new embedded store before starting it, so a second
     # client made meanwhile (two browser sessions opening at once) got a store without its
     # database ("'RustBindingsAPI' object has no attribute 'bindings'").
     with _client_lock:
-        return _chroma_client(host, port, path)
+        return _chroma_client(host, port, path, read_only)
 
 
 _client_lock = threading.Lock()
 
 
 @lru_cache(maxsize=4)
-def _chroma_client(host: str | None, port: int, path: str) -> Any:
+def _chroma_client(host: str | None, port: int, path: str, read_only: bool) -> Any:
     import chromadb
     from chromadb.config import Settings as ChromaSettings
 
@@ -120,7 +121,7 @@ def _chroma_client(host: str | None, port: int, path: str) -> Any:
         client.list_collections()  # reads Chroma's database: a damaged one fails here
         return client
     except Exception as error:  # Chroma's InternalError, or a plain Exception from its bindings
-        if not _DAMAGED.search(str(error)):
+        if read_only or not _DAMAGED.search(str(error)):
             raise KnowledgeBaseError(
                 f"The knowledge bases' search index in '{folder}' could not be opened "
                 f"({error}). Is another program using it?"
@@ -154,7 +155,9 @@ def chroma_path(settings: Settings) -> str:
 
 
 def client_for(settings: Settings) -> Any:
-    return chroma_client(settings.chroma_host, settings.chroma_port, chroma_path(settings))
+    return chroma_client(
+        settings.chroma_host, settings.chroma_port, chroma_path(settings), settings.read_only
+    )
 
 
 class Catalog:
@@ -299,6 +302,19 @@ class KnowledgeBase:
     def stored_file(self, content_hash: str, file_type: str) -> Path:
         """Where an original is stored: named by its content hash, never by the uploaded name."""
         return self.files_dir / f"{content_hash}.{file_type}"
+
+    def add_vectors(
+        self,
+        ids: list[str],
+        texts: list[str],
+        metadatas: list[dict[str, Any]],
+        vectors: Any,
+    ) -> None:
+        """Store passages whose vectors are already made (an imported knowledge base)."""
+        check_writable(self.settings, "Adding passages")
+        self.store._collection.add(
+            ids=ids, documents=texts, metadatas=metadatas, embeddings=vectors
+        )
 
     def delete_passages(self, doc_id: str) -> None:
         self.store._collection.delete(where={"doc_id": doc_id})

@@ -105,6 +105,16 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith(("/", ".", "~")) or "\\" in spec or spec.count("/") > 1
 
 
+def shared_name(spec: str) -> str:
+    """How a model is named in what leaves this machine (a demo bundle): embedded models and Hub
+    ids as they are, a folder by its last part only, so that a bundle never tells where things
+    lie on its maker's machine. Two studios use the same model when these names are equal."""
+    folder = Path(spec).expanduser()
+    if not spec.startswith("embedded:") and (_looks_like_path(spec) or folder.is_dir()):
+        return f"folder:{folder.name}"
+    return spec
+
+
 def _hub_cached_snapshot(repo_id: str) -> Path | None:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError

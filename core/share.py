@@ -12,18 +12,32 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
+import logging
 import re
 import shutil
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from dataclasses import replace as replace_fields
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from core import adapters, arena, evaluate, models, runs
-from core.bundle import FORMAT, FORMAT_VERSION, Bundle, BundleError, read_bundle, sha256, write_zip
+from core.bundle import (
+    FORMAT,
+    FORMAT_VERSION,
+    Bundle,
+    BundleError,
+    Manifest,
+    read_bundle,
+    sha256,
+    write_zip,
+)
 from core.errors import KnowledgeBaseError, ModelNotAvailableError, StudioError
+from core.ids import new_id
 from core.ingest import FILE_TYPES
 from core.jobs import new_run_id, runs_dir
 from core.knowledge import (
@@ -35,6 +49,7 @@ from core.knowledge import (
 )
 from core.settings import Settings, check_writable
 
+log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
 _BATCH = 1000
 _HASH = re.compile(r"^[0-9a-f]{64}$")
@@ -108,6 +123,23 @@ def _knowledge_members(
     return members, entry
 
 
+def _adapter_members(info: adapters.AdapterInfo, folder: str) -> dict[str, bytes]:
+    """An adapter's files for a bundle, with the base model named as shared_name does (PEFT
+    records the local folder the base model was loaded from; we never read it back)."""
+    members = {
+        f"{folder}/{name}": (info.folder / name).read_bytes() for name in adapters.SHARED_FILES
+    }
+    for name, key in (
+        (adapters.ADAPTER_CONFIG_FILE, "base_model_name_or_path"),
+        (runs.METADATA_FILE, "base_model"),
+    ):
+        data = json.loads(members[f"{folder}/{name}"])
+        if isinstance(data, dict) and isinstance(data.get(key), str):
+            data[key] = models.shared_name(data[key])
+        members[f"{folder}/{name}"] = json.dumps(data, indent=2).encode()
+    return members
+
+
 def export_bundle(
     settings: Settings,
     store: KnowledgeStore,
@@ -122,8 +154,8 @@ def export_bundle(
         "format_version": FORMAT_VERSION,
         "app_version": app_version(),
         "created": time.time(),
-        "base_model": settings.base_model,
-        "embedding_model": settings.embedding_model,
+        "base_model": models.shared_name(settings.base_model),
+        "embedding_model": models.shared_name(settings.embedding_model),
         "settings": {name: getattr(settings, name) for name in SHARED_SETTINGS},
         "knowledge_bases": [],
         "adapters": [],
@@ -139,16 +171,22 @@ def export_bundle(
         info = adapters.get(settings, run_id)
         progress((len(choice.knowledge_bases) + n - 1) / steps, f"Adapter '{info.name}'")
         folder = f"adapters/{n}"
-        for file_name in adapters.SHARED_FILES:
-            members[f"{folder}/{file_name}"] = (info.folder / file_name).read_bytes()
+        members.update(_adapter_members(info, folder))
         manifest["adapters"].append(
-            {"name": info.name, "run_id": run_id, "folder": folder, "base_model": info.base_model}
+            {
+                "name": info.name,
+                "run_id": run_id,
+                "folder": folder,
+                "base_model": models.shared_name(info.base_model),
+            }
         )
     for conversation_id in choice.conversations:
         conversation = arena.load(settings, conversation_id)
+        conversation.model = models.shared_name(conversation.model)
         members[f"arena/{conversation.id}.json"] = arena.to_json(conversation).encode()
     for report_id in choice.evaluations:
         report = evaluate.load(settings, report_id)
+        report.model = models.shared_name(report.model)
         members[f"evaluations/{report.id}.json"] = json.dumps(asdict(report)).encode()
     progress((steps - 1) / steps, "Writing the zip")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -158,6 +196,16 @@ def export_bundle(
 
 
 # -- import ----------------------------------------------------------------------------------------
+class CatalogFile(BaseModel):
+    """A knowledge base's `catalog.json` in a bundle."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(min_length=1, max_length=64)
+    embedding_model: str = Field("", max_length=300)
+    documents: list[DocumentRecord] = Field(default_factory=list)
+
+
 @dataclass
 class ImportPlan:
     """What an import would write, checked against this studio: no writing yet."""
@@ -168,6 +216,8 @@ class ImportPlan:
     conflicts: list[str]  # names already taken here (replaced only when the user confirms)
     conversations: list[arena.Conversation]
     evaluations: list[evaluate.Report]
+    catalogs: dict[str, CatalogFile] = field(default_factory=dict)  # folder -> catalog
+    adapter_meta: dict[str, adapters.AdapterMeta] = field(default_factory=dict)  # folder -> meta
 
 
 def _free_name(wanted: str, taken: set[str], limit: int = 64) -> str:
@@ -193,18 +243,37 @@ def _claim(
     return chosen
 
 
-def _check_catalog(catalog: Any) -> None:
+def _catalog(bundle: Bundle, folder: str) -> CatalogFile:
     """The documents of a knowledge base in a bundle: well-formed records whose file names
     (made from the content hash and type) cannot point anywhere else."""
     try:
-        validate_name(str(catalog["name"]))
-        for row in catalog["documents"]:
-            record = DocumentRecord(**row)
-            if not _HASH.match(str(record.content_hash)) or record.file_type not in FILE_TYPES:
+        catalog = CatalogFile.model_validate(bundle.json(f"{folder}/catalog.json"))
+        validate_name(catalog.name)
+        for record in catalog.documents:
+            if not _HASH.match(record.content_hash) or record.file_type not in FILE_TYPES:
                 raise ValueError(record.name)
-    except (KeyError, TypeError, ValueError, KnowledgeBaseError) as error:
+            if not re.fullmatch(r"[0-9A-Za-z_-]{1,64}", record.doc_id):
+                raise ValueError(record.doc_id)
+    except (ValidationError, ValueError, KnowledgeBaseError) as error:
         raise BundleError(
             "A knowledge base in the bundle has a damaged list of documents: refused."
+        ) from error
+    return catalog
+
+
+def _same_model(bundled: str, here: str) -> bool:
+    return models.shared_name(bundled) == models.shared_name(here)
+
+
+def _parsed(bundle: Bundle) -> tuple[list[arena.Conversation], list[evaluate.Report]]:
+    try:
+        return (
+            [arena.Conversation.from_dict(bundle.json(n)) for n in bundle.conversations],
+            [evaluate.Report.from_dict(bundle.json(n)) for n in bundle.evaluations],
+        )
+    except (StudioError, ValueError) as error:
+        raise BundleError(
+            f"A saved conversation or report in the bundle cannot be read ({error}) Refused."
         ) from error
 
 
@@ -212,41 +281,43 @@ def plan_import(settings: Settings, bundle: Bundle, replace: bool = False) -> Im
     """Check the bundle's models against this studio and choose the names things get."""
     kb_taken = {n.casefold() for n in knowledge_base_names(settings)}
     adapter_taken = {a.name.casefold() for a in adapters.list_adapters(settings)}
-    conflicts = []
+    conflicts: list[str] = []
     kbs: dict[str, str] = {}
+    catalogs: dict[str, CatalogFile] = {}
     for entry in bundle.knowledge_bases:
-        catalog = bundle.json(f"{entry['folder']}/catalog.json")
-        name, model = str(catalog.get("name", "")), str(catalog.get("embedding_model", ""))
-        _check_catalog(catalog)
-        if model != settings.embedding_model:
+        catalog = catalogs[entry.folder] = _catalog(bundle, entry.folder)
+        if not _same_model(catalog.embedding_model, settings.embedding_model):
             raise BundleError(
-                f"The knowledge base '{name}' was built with the search model '{model}', but this "
-                f"studio uses '{settings.embedding_model}'. Set LRS_EMBEDDING_MODEL={model} to "
-                "import it."
+                f"The knowledge base '{catalog.name}' was built with the search model "
+                f"'{catalog.embedding_model}', but this studio uses "
+                f"'{models.shared_name(settings.embedding_model)}'. Set LRS_EMBEDDING_MODEL to "
+                "that model to import it."
             )
-        kbs[name] = _claim(name, kb_taken, conflicts, "knowledge base", replace)
+        kbs[catalog.name] = _claim(catalog.name, kb_taken, conflicts, "knowledge base", replace)
     found_adapters: dict[str, str] = {}
+    metas: dict[str, adapters.AdapterMeta] = {}
     for entry in bundle.adapters:
-        meta = bundle.json(f"{entry['folder']}/{runs.METADATA_FILE}")
-        name, base = (
-            str(meta.get("name") or entry.get("name", "adapter")),
-            str(meta.get("base_model", "")),
-        )
-        if base != settings.base_model:
-            raise BundleError(
-                f"The adapter '{name}' was trained on the model '{base}', but this studio uses "
-                f"'{settings.base_model}': it cannot work with it. Set LRS_BASE_MODEL={base} to "
-                "import it."
+        try:
+            meta = adapters.AdapterMeta.model_validate_json(
+                bundle.members[f"{entry.folder}/{runs.METADATA_FILE}"]
             )
-        found_adapters[str(entry["run_id"])] = _claim(
-            name, adapter_taken, conflicts, "adapter", replace, limit=80
+        except ValidationError as error:
+            raise BundleError(f"The adapter '{entry.name}' in the bundle is damaged.") from error
+        metas[entry.folder] = meta
+        name = " ".join((meta.name or entry.name).split())[: adapters.MAX_NAME] or "adapter"
+        if not _same_model(meta.base_model, settings.base_model):
+            raise BundleError(
+                f"The adapter '{name}' was trained on the model '{meta.base_model}', but this "
+                f"studio uses '{models.shared_name(settings.base_model)}': it cannot work with "
+                "it. Set LRS_BASE_MODEL to that model to import it."
+            )
+        found_adapters[entry.run_id] = _claim(
+            name, adapter_taken, conflicts, "adapter", replace, limit=adapters.MAX_NAME
         )
-    try:
-        conversations = [arena.Conversation.from_dict(bundle.json(n)) for n in bundle.conversations]
-        reports = [evaluate.Report.from_dict(bundle.json(n)) for n in bundle.evaluations]
-    except (TypeError, ValueError, KeyError, AttributeError) as error:
-        raise BundleError("A saved conversation or report in the bundle cannot be read.") from error
-    return ImportPlan(bundle, kbs, found_adapters, conflicts, conversations, reports)
+    conversations, reports = _parsed(bundle)
+    return ImportPlan(
+        bundle, kbs, found_adapters, conflicts, conversations, reports, catalogs, metas
+    )
 
 
 @dataclass
@@ -258,7 +329,7 @@ class ImportResult:
 
 
 class _Undo:
-    """What an import has written so far, to remove again if a later step fails."""
+    """What an import has done so far, to take back again if a later step fails."""
 
     def __init__(self) -> None:
         self.steps: list[Callable[[], None]] = []
@@ -268,27 +339,29 @@ class _Undo:
 
     def run(self) -> None:
         for step in reversed(self.steps):
-            with contextlib.suppress(Exception):  # undo as much as can be undone
+            try:
                 step()
+            except Exception:  # undo as much as can be undone; say what could not be
+                log.exception("an import could not undo one of its steps")
 
 
 def _import_kb(
-    settings: Settings, store: KnowledgeStore, bundle: Bundle, folder: str, name: str
+    settings: Settings, store: KnowledgeStore, plan: ImportPlan, folder: str, name: str
 ) -> None:
+    bundle = plan.bundle
     kb = store.create(name)
-    catalog = bundle.json(f"{folder}/catalog.json")
-    passages = bundle.jsonl(f"{folder}/passages.jsonl")
-    vectors = bundle.vectors[folder]  # parsed and checked by read_bundle
+    passages = bundle.passages[folder]  # parsed and checked by read_bundle
+    vectors = bundle.vectors[folder]
     for start in range(0, len(passages), _BATCH):
         batch = passages[start : start + _BATCH]
-        kb.store._collection.add(
-            ids=[str(p["id"]) for p in batch],
-            documents=[str(p["text"]) for p in batch],
-            metadatas=[dict(p["metadata"]) for p in batch],
-            embeddings=vectors[start : start + len(batch)],
+        kb.add_vectors(
+            ids=[p.id for p in batch],
+            texts=[p.text for p in batch],
+            metadatas=[dict(p.metadata) for p in batch],
+            vectors=vectors[start : start + len(batch)],
         )
-    for row in catalog.get("documents", []):
-        record = DocumentRecord(**{**row, "status": "pending", "owner": this_process()})
+    for row in plan.catalogs[folder].documents:
+        record = replace_fields(row, status="pending", owner=this_process())
         original = f"{folder}/files/{record.content_hash}.{record.file_type}"
         if original in bundle.members:
             data = bundle.members[original]
@@ -300,23 +373,26 @@ def _import_kb(
         kb.catalog.complete(record.doc_id)
 
 
-def _import_adapter(settings: Settings, bundle: Bundle, folder: str, name: str) -> Path:
+def _import_adapter(settings: Settings, plan: ImportPlan, folder: str, name: str) -> Path:
+    """The adapter as a new run with a fresh id: it appears whole, or not at all."""
     run_id = new_run_id()
     staging = settings.data_dir / "imports" / uuid.uuid4().hex
     adapter_dir = staging / runs.ADAPTER_DIR
     adapter_dir.mkdir(parents=True)
     try:
         for file_name in adapters.SHARED_FILES:
-            (adapter_dir / file_name).write_bytes(bundle.members[f"{folder}/{file_name}"])
-        meta = json.loads((adapter_dir / runs.METADATA_FILE).read_text())
-        runs.atomic_write_json(adapter_dir / runs.METADATA_FILE, {**meta, "name": name})
+            (adapter_dir / file_name).write_bytes(plan.bundle.members[f"{folder}/{file_name}"])
+        meta = plan.adapter_meta[folder].model_dump()
+        # This studio's own name for the same base model: adapters.compatible compares it.
+        meta.update(name=name, base_model=settings.base_model, run_id=run_id)
+        runs.atomic_write_json(adapter_dir / runs.METADATA_FILE, meta)
         runs.atomic_write_json(staging / runs.CONFIG_FILE, {"name": name, "imported": True})
         runs.atomic_write_json(
             staging / runs.STATUS_FILE, {"state": "completed", "finished": time.time()}
         )
         target = runs_dir(settings) / run_id
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging.replace(target)  # the adapter appears whole, or not at all
+        staging.replace(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         with contextlib.suppress(OSError):
@@ -324,8 +400,8 @@ def _import_adapter(settings: Settings, bundle: Bundle, folder: str, name: str) 
     return target
 
 
-def _restorer(path: Path) -> Callable[[], None]:
-    """An undo step for a file about to be written: put back what was there, or remove it."""
+def _write_restorably(path: Path, write: Callable[[], object], undo: _Undo) -> None:
+    """Write a file through `write`; the undo puts back what was there, or removes it."""
     before = path.read_bytes() if path.exists() else None
 
     def restore() -> None:
@@ -334,18 +410,90 @@ def _restorer(path: Path) -> Callable[[], None]:
         else:
             path.write_bytes(before)
 
-    return restore
+    undo.add(restore)
+    write()
 
 
-def _swap_kb(store: KnowledgeStore, temporary: str, old: str, new: str, undo: _Undo) -> None:
-    """Put the imported knowledge base in the place of the one it replaces; the old one is set
-    aside first and comes back if the swap fails."""
-    aside = f"replaced-{uuid.uuid4().hex[:12]}"
-    store.rename(old, aside)
-    undo.add(lambda: store.rename(aside, old))
-    store.rename(temporary, new)
-    undo.add(lambda: store.rename(new, temporary))
-    store.delete(aside)
+def _stage(
+    settings: Settings, store: KnowledgeStore, plan: ImportPlan, undo: _Undo, progress: Progress
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Write everything beside what is here, nothing replaced yet: each knowledge base under a
+    temporary name, each adapter as a new run. Returns the temporary names (final name ->
+    temporary) and the new run ids (bundle's -> here)."""
+    bundle = plan.bundle
+    steps = len(bundle.knowledge_bases) + len(bundle.adapters) + 1
+    temporary: dict[str, str] = {}
+    for n, entry in enumerate(bundle.knowledge_bases):
+        name = plan.knowledge_bases[plan.catalogs[entry.folder].name]
+        progress(n / steps, f"Adding the knowledge base '{name}'")
+        staged = f"import-{uuid.uuid4().hex[:12]}"
+        # Registered before the step: a half-written knowledge base is removed as well.
+        undo.add(lambda t=staged: store.delete(t) if t in store.names() else None)
+        _import_kb(settings, store, plan, entry.folder, staged)
+        temporary[name] = staged
+    run_ids: dict[str, str] = {}
+    for n, entry in enumerate(bundle.adapters, len(bundle.knowledge_bases)):
+        name = plan.adapters[entry.run_id]
+        progress(n / steps, f"Adding the adapter '{name}'")
+        target = _import_adapter(settings, plan, entry.folder, name)
+        undo.add(lambda target=target: shutil.rmtree(target))
+        run_ids[entry.run_id] = target.name
+    return temporary, run_ids
+
+
+def _commit(
+    settings: Settings,
+    store: KnowledgeStore,
+    plan: ImportPlan,
+    staged: tuple[dict[str, str], dict[str, str]],
+    replace: bool,
+    undo: _Undo,
+) -> list[Callable[[], None]]:
+    """Put the staged things in place: every step undoable (a replaced knowledge base is set
+    aside, not deleted). Returns what to delete once every step has succeeded."""
+    temporary, run_ids = staged
+    existing = {n.casefold(): n for n in store.names() if n not in temporary.values()}
+    afterwards: list[Callable[[], None]] = []
+    for name, staged_name in temporary.items():
+        previous = existing.get(name.casefold())
+        if previous is not None:
+            aside = f"replaced-{uuid.uuid4().hex[:12]}"
+            store.rename(previous, aside)
+            undo.add(lambda a=aside, p=previous: store.rename(a, p))
+            afterwards.append(lambda a=aside: store.delete(a))
+        store.rename(staged_name, name)
+        undo.add(lambda n=name, t=staged_name: store.rename(n, t))
+    if replace:
+        new_runs = set(run_ids.values())
+        for info in adapters.list_adapters(settings):
+            if info.run_id not in new_runs and info.name.casefold() in {
+                n.casefold() for n in plan.adapters.values()
+            }:
+                afterwards.append(lambda r=info.run_id: adapters.delete(settings, r))
+    for conversation in plan.conversations:
+        conversation.adapter = run_ids.get(conversation.adapter, conversation.adapter)
+        conversation.knowledge_base = plan.knowledge_bases.get(
+            conversation.knowledge_base, conversation.knowledge_base
+        )
+        conversation.model = settings.base_model
+        path = arena.conversation_path(settings, conversation.id)
+        if path.exists() and not replace:
+            conversation.id = new_id()
+            path = arena.conversation_path(settings, conversation.id)
+        _write_restorably(path, lambda c=conversation: arena.save(settings, c), undo)
+    for report in plan.evaluations:
+        report.adapter = run_ids.get(report.adapter, report.adapter)
+        report.knowledge_base = plan.knowledge_bases.get(
+            report.knowledge_base, report.knowledge_base
+        )
+        report.model = settings.base_model
+        if report.state == "running":
+            report.state = "cancelled"  # exported mid-run: it can be resumed, not watched
+        if evaluate.report_path(settings, report.id).exists() and not replace:
+            report.id = new_id()
+        path = evaluate.report_path(settings, report.id)
+        _write_restorably(path, lambda r=report: evaluate.save(settings, r), undo)
+    return afterwards
 
 
 def import_bundle(
@@ -357,68 +505,18 @@ def import_bundle(
     progress: Progress = _quiet,
 ) -> ImportResult:
     """Check a bundle whole (unless `source` is one read_bundle checked), then write it into
-    this studio; on any failure nothing stays."""
+    this studio: first beside what is here, then swapped into place; nothing is deleted until
+    every step has succeeded, and on any failure the studio is left exactly as it was."""
     check_writable(settings, "Importing a demo")
     progress(0.0, "Checking the bundle")
     if not isinstance(source, Bundle):
         source = read_bundle(source, settings.max_bundle_mb * 1_000_000)
     plan = plan_import(settings, source, replace)
-    bundle, undo = plan.bundle, _Undo()
-    existing_kbs = {n.casefold(): n for n in store.names()}
-    existing_adapters = {a.name.casefold(): a for a in adapters.list_adapters(settings)}
-    run_ids: dict[str, str] = {}
-    replaced: list[Callable[[], None]] = []
-    steps = len(bundle.knowledge_bases) + len(bundle.adapters) + 1
+    undo = _Undo()
     try:
-        for n, entry in enumerate(bundle.knowledge_bases):
-            old_name = str(bundle.json(f"{entry['folder']}/catalog.json")["name"])
-            name = plan.knowledge_bases[old_name]
-            progress(n / steps, f"Adding the knowledge base '{name}'")
-            if name.casefold() in existing_kbs:  # replace: build beside it, swap at the end
-                temporary = f"import-{uuid.uuid4().hex[:12]}"
-                _import_kb(settings, store, bundle, entry["folder"], temporary)
-                undo.add(lambda t=temporary: store.delete(t))
-                previous = existing_kbs[name.casefold()]
-                replaced.append(
-                    lambda t=temporary, old=previous, new=name: _swap_kb(store, t, old, new, undo)
-                )
-            else:
-                undo.add(lambda name=name: store.delete(name))
-                _import_kb(settings, store, bundle, entry["folder"], name)
-        for n, entry in enumerate(bundle.adapters, len(bundle.knowledge_bases)):
-            name = plan.adapters[str(entry["run_id"])]
-            progress(n / steps, f"Adding the adapter '{name}'")
-            target = _import_adapter(settings, bundle, entry["folder"], name)
-            undo.add(lambda target=target: shutil.rmtree(target))
-            run_ids[str(entry["run_id"])] = target.name
-            old = existing_adapters.get(name.casefold())
-            if old is not None:
-                replaced.append(lambda old=old: adapters.delete(settings, old.run_id))
-        progress((steps - 1) / steps, "Adding conversations and reports")
-        for conversation in plan.conversations:
-            conversation.adapter = run_ids.get(conversation.adapter, conversation.adapter)
-            conversation.knowledge_base = plan.knowledge_bases.get(
-                conversation.knowledge_base, conversation.knowledge_base
-            )
-            path = arena.arena_dir(settings) / "conversations" / f"{conversation.id}.json"
-            if path.exists() and not replace:
-                conversation.id = uuid.uuid4().hex[:12]
-                path = path.with_name(f"{conversation.id}.json")
-            undo.add(_restorer(path))
-            arena.save(settings, conversation)
-        for report in plan.evaluations:
-            report.adapter = run_ids.get(report.adapter, report.adapter)
-            report.knowledge_base = plan.knowledge_bases.get(
-                report.knowledge_base, report.knowledge_base
-            )
-            if report.state == "running":
-                report.state = "cancelled"  # exported mid-run: it can be resumed, not watched
-            if (evaluate.reports_dir(settings) / f"{report.id}.json").exists() and not replace:
-                report.id = uuid.uuid4().hex[:12]
-            undo.add(_restorer(evaluate.reports_dir(settings) / f"{report.id}.json"))
-            evaluate.save(settings, report)
-        for swap in replaced:
-            swap()
+        staged = _stage(settings, store, plan, undo, progress)
+        progress(0.95, "Putting everything in place")
+        afterwards = _commit(settings, store, plan, staged, replace, undo)
     except BaseException as error:
         undo.run()
         if isinstance(error, StudioError | KeyboardInterrupt):
@@ -427,6 +525,11 @@ def import_bundle(
             f"The import stopped on a problem ({type(error).__name__}); nothing was kept. "
             "Check that there is free disk space and try again."
         ) from error
+    for step in afterwards:  # the replaced things, now that nothing can fail any more
+        try:
+            step()
+        except Exception:
+            log.exception("a replaced knowledge base or adapter could not be deleted")
     progress(1.0, "Imported")
     return ImportResult(
         knowledge_bases=list(plan.knowledge_bases.values()),
@@ -445,6 +548,19 @@ def _check_model_available(spec: str, settings: Settings, role: str) -> None:
             "Hugging Face Hub cannot be reached to download it. Download it where there is "
             "internet and start the demo again."
         )
+
+
+def _demo_model(bundled: str, here: str, role: str) -> str:
+    """The model a demo runs on: this studio's own when it is the same one, else the bundle's
+    (an embedded model or a Hub id; a folder on its maker's machine cannot be found here)."""
+    if not bundled or models.shared_name(here) == bundled:
+        return here
+    if bundled.startswith("folder:"):
+        raise ModelNotAvailableError(
+            f"This demo was made with a model from a folder called '{bundled[7:]}' on its maker's "
+            f"machine. Copy that model here and set LRS_{role}_MODEL to its folder."
+        )
+    return bundled
 
 
 def open_demo(settings: Settings, progress: Progress = _quiet) -> Settings:
@@ -466,23 +582,21 @@ def open_demo(settings: Settings, progress: Progress = _quiet) -> Settings:
     ready = folder / ".ready"
     bundle = None
     try:  # unpacked before: its manifest was kept, the bundle needs no second check
-        manifest = json.loads(ready.read_text())["manifest"]
-    except (OSError, ValueError, KeyError):
+        manifest = Manifest.model_validate_json(ready.read_bytes())
+    except (OSError, ValidationError):
         bundle = read_bundle(data, settings.max_bundle_mb * 1_000_000)
         manifest = bundle.manifest
     demo = settings.model_copy(
         update={
             "data_dir": folder,
             "model_cache_dir": settings.models_dir,
-            "base_model": str(manifest.get("base_model") or settings.base_model),
-            "embedding_model": str(manifest.get("embedding_model") or settings.embedding_model),
+            "base_model": _demo_model(manifest.base_model, settings.base_model, "BASE"),
+            "embedding_model": _demo_model(
+                manifest.embedding_model, settings.embedding_model, "EMBEDDING"
+            ),
             "chroma_host": None,  # a demo keeps its own copy, never touching a shared server
             "read_only": False,
-            **{
-                k: v
-                for k, v in dict(manifest.get("settings") or {}).items()
-                if k in SHARED_SETTINGS
-            },
+            **{k: v for k, v in manifest.settings.items() if k in SHARED_SETTINGS},
         }
     )
     demo = type(settings).model_validate(demo.model_dump())  # re-check the bundle's settings
@@ -495,6 +609,5 @@ def open_demo(settings: Settings, progress: Progress = _quiet) -> Settings:
             shutil.rmtree(folder, ignore_errors=True)  # an unpacking that was cut short
             folder.mkdir(parents=True)
             import_bundle(demo, KnowledgeStore(demo, None), bundle, progress=progress)
-            kept = {k: v for k, v in manifest.items() if k != "files"}
-            ready.write_text(json.dumps({"bundle": str(path), "sha256": digest, "manifest": kept}))
+            ready.write_text(manifest.model_copy(update={"files": {}}).model_dump_json())
     return demo.model_copy(update={"read_only": True})

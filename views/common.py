@@ -6,6 +6,7 @@ Not a page itself: app.py lists the pages (views/*.py) explicitly.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import math
 import re
 import threading
@@ -40,7 +41,7 @@ def get_settings() -> Settings:
         with st.spinner("Opening the studio…"):
             return _settings()
     except StudioError as error:
-        st.error(str(error), icon=":material/settings:")
+        st.error(shown(error), icon=":material/settings:")
         st.stop()
 
 
@@ -70,6 +71,44 @@ def locked(settings: Settings) -> bool:
     )
 
 
+# Wrong passwords per client (its address as the server sees it), shared by all its sessions: a
+# new tab or a reload gets no fresh tries. After FREE_TRIES, each further wrong password doubles
+# the wait before the next one may be tried, up to MAX_WAIT_S.
+FREE_TRIES = 3
+MAX_WAIT_S = 300.0
+_failures: dict[str, tuple[int, float]] = {}  # client -> (wrong tries, may try again at)
+_failures_lock = threading.Lock()
+clock = time.monotonic
+
+
+def _client() -> str:
+    try:
+        address = st.context.ip_address
+    except Exception:  # outside a browser session: one shared client
+        address = None
+    try:
+        return str(ipaddress.ip_address(str(address)))
+    except ValueError:  # none, or not an address (a test harness's stand-in)
+        return "unknown"
+
+
+def password_wait_s(client: str) -> float:
+    """How long `client` must still wait before its next try (0: it may try now)."""
+    with _failures_lock:
+        _, until = _failures.get(client, (0, 0.0))
+    return max(until - clock(), 0.0)
+
+
+def _record_try(client: str, right: bool) -> None:
+    with _failures_lock:
+        if right:
+            _failures.pop(client, None)
+            return
+        tries = _failures.get(client, (0, 0.0))[0] + 1
+        wait = 0.0 if tries < FREE_TRIES else min(2.0 ** (tries - FREE_TRIES), MAX_WAIT_S)
+        _failures[client] = (tries, clock() + wait)
+
+
 def access_gate(settings: Settings) -> None:
     """Ask for a login (Streamlit's st.login, when an identity provider is configured in
     secrets.toml) and the studio's password (LRS_DEMO_PASSWORD or secrets' demo_password)."""
@@ -80,15 +119,32 @@ def access_gate(settings: Settings) -> None:
         st.info("Log in to open this studio.", icon=":material/lock:")
         st.button("Log in", key="access_login", icon=":material/login:", on_click=st.login)
         st.stop()
-    with st.columns([2, 3])[0], st.form("access_form", border=True):
+    # clear_on_submit: the typed password does not stay in the box or in session state.
+    with st.columns([2, 3])[0], st.form("access_form", border=True, clear_on_submit=True):
         st.markdown("This studio is protected by a password.")
         given = st.text_input("Password", type="password", key="access_password")
         opened = st.form_submit_button("Open", icon=":material/lock_open:", type="primary")
+    client = _client()
     if opened:
-        if hmac.compare_digest(given.encode(), _password(settings).encode()):
+        st.session_state.pop("access_password", None)
+        wait = password_wait_s(client)
+        if wait > 0:
+            st.error(
+                f"Too many wrong passwords: try again in {math.ceil(wait)} seconds.",
+                icon=":material/timer:",
+            )
+            st.stop()
+        right = hmac.compare_digest(given.encode(), _password(settings).encode())
+        _record_try(client, right)
+        if right:
             st.session_state["access_granted"] = True
             st.rerun()
         st.error("That password is not right.", icon=":material/error:")
+        wait = password_wait_s(client)
+        if wait > 0:
+            st.caption(
+                f"Too many wrong passwords: the next try is possible in {math.ceil(wait)} s."
+            )
     st.stop()
 
 
@@ -164,7 +220,7 @@ def sidebar() -> None:
             )
         try:
             source = models.describe_model(settings.base_model, settings)
-            st.caption(f"Model: **{source.display_name}** · {device_text(settings)}")
+            st.caption(f"Model: **{shown(source.display_name)}** · {device_text(settings)}")
         except StudioError:
             st.caption("Model: not available (see Home)")
 
@@ -215,7 +271,7 @@ def ensure_model_ready(settings: Settings) -> None:
         if not models.describe_model(settings.base_model, settings).ready:
             _prepare_with_progress(settings)
     except StudioError as error:
-        st.error(str(error), icon=":material/error:")
+        st.error(shown(error), icon=":material/error:")
         st.stop()
 
 
@@ -225,7 +281,7 @@ def tokenizer(settings: Settings) -> Any:
     try:
         return models.load_tokenizer(settings)
     except StudioError as error:
-        st.error(str(error), icon=":material/error:")
+        st.error(shown(error), icon=":material/error:")
         st.stop()
 
 
@@ -238,7 +294,7 @@ def chat_model(settings: Settings) -> ChatModel:
                 settings.base_model, settings.device, settings.context_window, settings
             )
     except StudioError as error:
-        st.error(str(error), icon=":material/error:")
+        st.error(shown(error), icon=":material/error:")
         st.stop()
 
 
@@ -254,7 +310,7 @@ def knowledge_store(settings: Settings) -> KnowledgeStore:
             embeddings = _shared_embeddings(settings.embedding_model, settings.device, settings)
         store = KnowledgeStore(settings, embeddings)
     except StudioError as error:
-        st.error(str(error), icon=":material/error:")
+        st.error(shown(error), icon=":material/error:")
         st.stop()
     _repair_knowledge(store)
     return store
@@ -323,6 +379,12 @@ def _rebuild_damaged(store: KnowledgeStore) -> list[str]:
 def markdown_escape(text: str) -> str:
     """Show document text or file names literally: no formatting, links or HTML from them."""
     return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$])", r"\\\1", text)
+
+
+def shown(value: object) -> str:
+    """Any message that may carry a user's or a bundle's words (an error naming a file, a
+    warning quoting a question), ready for an element that renders Markdown: shown literally."""
+    return markdown_escape(str(value))
 
 
 # A model's answer is shown as Markdown (never HTML), but a Markdown image loads its address as

@@ -152,7 +152,7 @@ def show_run(run_id: str) -> None:
             try:
                 jobs.resume(settings, run_id)
             except StudioError as error:
-                st.error(str(error))
+                st.error(common.shown(error))
             else:
                 st.rerun()
     if not run.active and st.session_state.get("ft_watching") == run_id:
@@ -394,7 +394,7 @@ def new_run() -> None:
                 system_prompt=system_prompt,
             )
         except StudioError as error:
-            st.error(str(error), icon=":material/error:")
+            st.error(common.shown(error), icon=":material/error:")
         else:
             st.session_state["ft_run_id"] = run.run_id
             st.rerun()
@@ -442,7 +442,7 @@ def try_it(choices: list[adapters.AdapterInfo]) -> None:
             common.sampling_params(),
         )
     except StudioError as error:
-        st.error(str(error), icon=":material/error:")
+        st.error(common.shown(error), icon=":material/error:")
         return
     columns = st.columns(2, border=True)
     slots = []
@@ -487,7 +487,7 @@ def adapter_card(adapter: adapters.AdapterInfo) -> None:
                 try:
                     adapters.rename(settings, key, new_name)
                 except StudioError as error:
-                    st.error(str(error))
+                    st.error(common.shown(error))
                 else:
                     st.rerun()
         download.download_button(
@@ -501,10 +501,15 @@ def adapter_card(adapter: adapters.AdapterInfo) -> None:
             width="stretch",
         )
         with delete.popover("Delete", icon=":material/delete:", width="stretch"):
-            sure = st.checkbox(f"Yes, delete '{adapter.name}'", key=f"ft_delete_sure_{key}")
+            sure = st.checkbox(
+                f"Yes, delete '{markdown_escape(adapter.name)}'", key=f"ft_delete_sure_{key}"
+            )
             if st.button("Delete adapter", key=f"ft_delete_{key}", disabled=not sure):
                 adapters.delete(settings, key)
-                st.toast(f"Deleted the adapter '{adapter.name}'.", icon=":material/delete:")
+                st.toast(
+                    f"Deleted the adapter '{markdown_escape(adapter.name)}'.",
+                    icon=":material/delete:",
+                )
                 st.rerun()
 
 
@@ -532,7 +537,7 @@ if unfinished:
                 try:
                     jobs.resume(settings, run.run_id)
                 except StudioError as error:
-                    st.error(str(error))
+                    st.error(common.shown(error))
                 else:
                     st.session_state["ft_run_id"] = run.run_id
                     st.rerun()

@@ -34,7 +34,7 @@ def create_form(key: str) -> None:
         try:
             created = store.create(name)
         except StudioError as error:
-            st.error(str(error))
+            st.error(common.shown(error))
         else:
             # Chosen on the next run: the picker may already be on screen in this one.
             st.session_state["kb_select_next"] = created.name
@@ -62,13 +62,14 @@ selected = pick.selectbox("Knowledge base", names, key="kb_selected")
 
 
 def delete_form() -> None:
-    st.warning(f"This deletes '{selected}' with all its documents and passages.")
+    name = markdown_escape(selected)
+    st.warning(f"This deletes '{name}' with all its documents and passages.")
     # The confirmation belongs to this knowledge base: ticking it never carries over to another.
-    sure = st.checkbox(f"Yes, delete '{selected}'", key=f"kb_delete_confirm_{selected}")
+    sure = st.checkbox(f"Yes, delete '{name}'", key=f"kb_delete_confirm_{selected}")
     if st.button("Delete knowledge base", key="kb_delete", disabled=not sure, type="primary"):
         store.delete(selected)
         st.session_state.pop("kb_selected", None)
-        st.toast(f"Deleted the knowledge base '{selected}'.", icon=":material/delete:")
+        st.toast(f"Deleted the knowledge base '{name}'.", icon=":material/delete:")
         st.rerun()
 
 
@@ -83,7 +84,7 @@ else:
 try:
     kb = store.open(selected)
 except StudioError as error:
-    st.error(str(error), icon=":material/error:")
+    st.error(common.shown(error), icon=":material/error:")
     st.stop()
 
 chunking = ChunkSettings(
@@ -141,11 +142,13 @@ def add_documents() -> None:
         with st.status(f"Adding {len(files)} file(s)…", expanded=True) as status:
             bar = st.progress(0.0)
             for event in ingest(kb, files, chunking):
-                bar.progress(min(event.fraction, 1.0), text=event.message)
+                bar.progress(min(event.fraction, 1.0), text=markdown_escape(event.message))
                 if event.status in ICONS:
                     results.append((event.status, event.file_name, event.message))
                     shown = markdown_escape(event.file_name)
-                    st.markdown(f"{ICONS[event.status]} **{shown}**: {event.message}")
+                    st.markdown(
+                        f"{ICONS[event.status]} **{shown}**: {markdown_escape(event.message)}"
+                    )
             failed = sum(1 for r in results if r[0] == "failed")
             label = f"Done: {len(results) - failed} of {len(results)} file(s) in the knowledge base"
             status.update(label=label, state="error" if failed == len(results) else "complete")
@@ -155,9 +158,11 @@ def add_documents() -> None:
 
     for status_name, file_name, message in st.session_state["kb_results"]:
         if status_name == "failed":
-            st.error(f"**{markdown_escape(file_name)}**: {message}", icon=ICONS["failed"])
+            shown = f"**{markdown_escape(file_name)}**: {markdown_escape(message)}"
+            st.error(shown, icon=ICONS["failed"])
         else:
-            st.success(f"**{markdown_escape(file_name)}**: {message}", icon=ICONS[status_name])
+            shown = f"**{markdown_escape(file_name)}**: {markdown_escape(message)}"
+            st.success(shown, icon=ICONS[status_name])
 
 
 if not read_only:
@@ -192,7 +197,7 @@ else:
             if st.button("Delete document", key="kb_doc_delete", type="primary"):
                 gone = kb.delete_document(by_label[label].doc_id)
                 st.session_state["kb_results"] = []
-                st.toast(f"Deleted {gone.name} and its {gone.passages} passages.")
+                st.toast(f"Deleted {markdown_escape(gone.name)} and its {gone.passages} passages.")
                 st.rerun()
 
 # -- search preview -----------------------------------------------------------------------------

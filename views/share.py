@@ -7,7 +7,7 @@ import streamlit as st
 
 from core import adapters, arena, evaluate, share
 from core.bundle import read_bundle
-from core.errors import StudioError
+from core.errors import InvalidInputError, StudioError
 from views import common
 from views.common import markdown_escape
 
@@ -27,17 +27,14 @@ def size_text(count: int) -> str:
 def conversation_label(conversation_id: str) -> str:
     try:
         found = arena.load(settings, conversation_id)
-    except (OSError, ValueError, TypeError):
+    except InvalidInputError:
         return conversation_id
     first = found.exchanges[0].question if found.exchanges else "(empty)"
     when = datetime.fromtimestamp(found.created).strftime("%d %b %Y, %H:%M")
     return f"{first[:60]} · {when}"
 
 
-conversation_ids = sorted(
-    (p.stem for p in (arena.arena_dir(settings) / "conversations").glob("*.json")),
-    key=lambda i: -(arena.arena_dir(settings) / "conversations" / f"{i}.json").stat().st_mtime,
-)
+conversation_ids = arena.conversation_ids(settings)
 reports = [r for r in evaluate.list_reports(settings) if evaluate.status(r) != "running"]
 adapter_list = [a for a in adapters.list_adapters(settings) if a.compatible]
 by_adapter = {a.run_id: a for a in adapter_list}
@@ -134,7 +131,7 @@ with export_tab:
                     )
                     status.update(label="Demo file ready", state="complete", expanded=False)
             except StudioError as error:
-                st.error(str(error), icon=":material/error:")
+                st.error(common.shown(error), icon=":material/error:")
             else:
                 st.session_state["share_bundle"] = str(target)
         built = st.session_state.get("share_bundle")
@@ -174,17 +171,26 @@ with import_tab:
                 bundle = read_bundle(upload.getvalue(), settings.max_bundle_mb * 1_000_000)
                 plan = share.plan_import(settings, bundle)
         except StudioError as error:
-            st.error(str(error), icon=":material/gpp_bad:")
+            st.error(common.shown(error), icon=":material/gpp_bad:")
         else:
             manifest = bundle.manifest
-            made = datetime.fromtimestamp(float(manifest.get("created", 0))).strftime("%d %b %Y")
-            version = markdown_escape(str(manifest.get("app_version", "")))
+            made = datetime.fromtimestamp(manifest.created).strftime("%d %b %Y")
+            version = markdown_escape(manifest.app_version)
             st.markdown(f"Made on {made} with LoRA-RAG Studio {version}.")
+            # st.table renders its cells as Markdown: every name from the bundle is escaped.
             rows = [
-                {"What": "Knowledge base", "Name in the file": old, "Name here": new}
+                {
+                    "What": "Knowledge base",
+                    "Name in the file": markdown_escape(old),
+                    "Name here": markdown_escape(new),
+                }
                 for old, new in plan.knowledge_bases.items()
             ] + [
-                {"What": "Adapter", "Name in the file": str(entry.get("name")), "Name here": new}
+                {
+                    "What": "Adapter",
+                    "Name in the file": markdown_escape(entry.name),
+                    "Name here": markdown_escape(new),
+                }
                 for entry, new in zip(bundle.adapters, plan.adapters.values(), strict=True)
             ]
             if rows:
@@ -215,11 +221,11 @@ with import_tab:
                             store,
                             bundle,  # checked above, in this same run
                             replace=replace,
-                            progress=lambda f, m: bar.progress(f, text=m),
+                            progress=lambda f, m: bar.progress(f, text=markdown_escape(m)),
                         )
                         status.update(label="Imported", state="complete", expanded=False)
                 except StudioError as error:
-                    st.error(str(error), icon=":material/error:")
+                    st.error(common.shown(error), icon=":material/error:")
                 else:
                     st.session_state["share_upload_round"] += 1
                     st.session_state["share_imported"] = result

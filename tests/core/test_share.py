@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from core import adapters, arena, evaluate, jobs, share
+from core import adapters, arena, evaluate, jobs, models, share
 from core.bundle import FORMAT_VERSION, MANIFEST, BundleError, read_bundle, write_zip
 from core.errors import ReadOnlyError
 from core.ingest import ChunkSettings, UploadedFile, ingest
@@ -85,11 +85,17 @@ def test_round_trip_gives_the_same_retrieval_and_the_same_adapter_weights(
     assert conversation.adapter == imported.run_id
     assert conversation.exchanges[0].answers["rag"].text == "BLUE-HARBOR-42"
 
-    manifest = read_bundle(bundle.read_bytes(), 10**9).manifest
-    assert manifest["format_version"] == FORMAT_VERSION
-    assert manifest["base_model"] == settings.base_model
-    assert manifest["embedding_model"] == settings.embedding_model
-    assert manifest["settings"]["system_prompt"] == settings.system_prompt
+    checked = read_bundle(bundle.read_bytes(), 10**9)
+    manifest = checked.manifest
+    assert manifest.format_version == FORMAT_VERSION
+    assert manifest.base_model == models.shared_name(settings.base_model)
+    assert manifest.embedding_model == models.shared_name(settings.embedding_model)
+    assert manifest.settings["system_prompt"] == settings.system_prompt
+    # No member says where the models or the data lie on the maker's machine.
+    for folder in {settings.base_model, str(settings.data_dir)} - {""}:
+        if "/" in folder:
+            for name, data in checked.members.items():
+                assert folder.encode() not in data, name
 
 
 def test_a_second_import_gets_new_names_unless_the_user_replaces(
@@ -179,6 +185,29 @@ def document_path_in_disguise(manifest: dict, members: dict) -> None:
     members["knowledge/1/catalog.json"] = json.dumps(catalog).encode()
 
 
+def _edit_json(members: dict, prefix: str, change) -> None:  # type: ignore[no-untyped-def]
+    (name,) = [n for n in members if n.startswith(prefix) and n.endswith(".json")]
+    data = json.loads(members[name])
+    change(data)
+    members[name] = json.dumps(data).encode()
+
+
+def conversation_id(value: str):  # type: ignore[no-untyped-def]
+    return lambda manifest, members: _edit_json(members, "arena/", lambda d: d.update(id=value))
+
+
+def report_with_wrong_types(manifest: dict, members: dict) -> None:
+    _edit_json(members, "evaluations/", lambda d: d.update(items="not a list", created=[1]))
+
+
+def endless_adapter_name(manifest: dict, members: dict) -> None:
+    manifest["adapters"][0]["name"] = "x" * 5000
+
+
+def manifest_with_wrong_types(manifest: dict, members: dict) -> None:
+    manifest["knowledge_bases"] = {"name": ["Harbour"]}
+
+
 def symlink_info() -> zipfile.ZipInfo:
     info = zipfile.ZipInfo("arena/link.json")
     info.external_attr = (stat.S_IFLNK | 0o777) << 16
@@ -215,6 +244,20 @@ BAD = {
     ),
     "path in a record": (lambda b, t: rebuilt(b, t, document_path_in_disguise), "damaged list"),
     "not a zip": (lambda b, t: t.write_bytes(b"%PDF-1.7 not a zip") and t, "not a complete zip"),
+    "conversation id climbs out": (
+        lambda b, t: rebuilt(b, t, conversation_id("../../../outside/pwned")),
+        "cannot be read",
+    ),
+    "conversation id is absolute": (
+        lambda b, t: rebuilt(b, t, conversation_id(str(t.parent / "absolute-pwned"))),
+        "cannot be read",
+    ),
+    "report of wrong types": (
+        lambda b, t: rebuilt(b, t, report_with_wrong_types),
+        "cannot be read",
+    ),
+    "endless adapter name": (lambda b, t: rebuilt(b, t, endless_adapter_name), "manifest"),
+    "manifest of wrong types": (lambda b, t: rebuilt(b, t, manifest_with_wrong_types), "manifest"),
 }
 
 
@@ -250,6 +293,10 @@ def test_a_bad_bundle_is_refused_with_its_message_and_nothing_written(
         share.import_bundle(elsewhere, store, bad)
     assert everything_under(elsewhere.data_dir) == before
     assert store.names() == [] and adapters.list_adapters(elsewhere) == []
+    assert not list(tmp_path.glob("**/*pwned*"))
+    with pytest.raises(BundleError, match=message):  # nor does demo mode, at start-up
+        share.open_demo(elsewhere.model_copy(update={"demo_bundle": bad}))
+    assert not list(tmp_path.glob("**/*pwned*"))
 
 
 def test_a_bundle_larger_than_the_limit_is_refused(settings, knowledge, studio, tmp_path) -> None:

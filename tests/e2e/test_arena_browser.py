@@ -1,7 +1,6 @@
 """The arena in a real browser: one question, four answers streamed side by side."""
 
 import re
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -13,7 +12,7 @@ from core.knowledge import KnowledgeStore
 from core.settings import Settings
 from core.train import TrainConfig
 from tests.documents import pdf_bytes
-from tests.e2e.conftest import screenshot, start_studio
+from tests.e2e.conftest import STOP_WITHIN_S, _shared, screenshot, start_studio, stop_studio
 from tests.training import alpaca_rows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -41,9 +40,9 @@ def arena_url(fresh_real_data_dir, tmp_path_factory) -> Iterator[str]:
     assert trainer.run(run_dir) == "completed"
     log = tmp_path_factory.mktemp("arena-streamlit") / "streamlit.log"
     process, url = start_studio(data_dir, log, LRS_TEMPERATURE="0")
+    _shared.add(process.pid)
     yield url
-    process.terminate()
-    process.wait(timeout=15)
+    assert stop_studio(process) < STOP_WITHIN_S
     assert "Traceback" not in log.read_text(), log.read_text()
 
 
@@ -59,7 +58,6 @@ def test_one_question_four_streamed_answers_two_with_sources(page, arena_url) ->
     columns = page.get_by_test_id("stColumn").filter(has=page.get_by_text(re.compile("▌")))
     columns.first.wait_for(timeout=60_000)  # answers arrive with a cursor while they grow
     live = columns.count()
-    time.sleep(0.5)
     screenshot(page, "21-arena-streaming")
     page.get_by_text("Download JSON").wait_for(timeout=120_000)
     screenshot(page, "22-arena-answered")

@@ -18,7 +18,7 @@ def test_chat_streams_an_answer_from_the_default_model(page, studio_url: str) ->
     preparing = page.get_by_text("Preparing the model for its first use")
     box.or_(preparing).first.wait_for(timeout=60_000)
     if preparing.count():
-        time.sleep(3)
+        page.get_by_test_id("stProgress").first.wait_for(timeout=60_000)
         screenshot(page, "02-chat-preparing")
         assert page.get_by_test_id("stProgress").count() == 1
     box.wait_for(timeout=180_000)

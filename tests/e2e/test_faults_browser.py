@@ -11,7 +11,7 @@ import pytest
 
 from core.knowledge import KnowledgeStore
 from core.settings import Settings
-from tests.e2e.conftest import screenshot, start_studio
+from tests.e2e.conftest import STOP_WITHIN_S, screenshot, start_studio, stop_studio
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -82,8 +82,7 @@ def test_a_server_killed_while_adding_documents_leaves_no_half_document(
         assert page.get_by_text("Already in the knowledge base").count() == 2
         screenshot(page, "82-faults-added-again")
     finally:
-        process.terminate()
-        process.wait(timeout=15)
+        assert stop_studio(process) < STOP_WITHIN_S
     for log in ("before.log", "after.log"):
         assert "Traceback" not in (tmp_path / log).read_text()
 

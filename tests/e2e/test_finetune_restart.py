@@ -8,7 +8,14 @@ import pytest
 
 from core import jobs, runs
 from core.settings import Settings
-from tests.e2e.conftest import screenshot, start_studio, training_step, wait_for_step_above
+from tests.e2e.conftest import (
+    STOP_WITHIN_S,
+    screenshot,
+    start_studio,
+    stop_studio,
+    training_step,
+    wait_for_step_above,
+)
 from tests.training import alpaca_rows
 
 pytestmark = [pytest.mark.e2e]
@@ -55,5 +62,4 @@ def test_a_restarted_studio_shows_the_run_still_training(
         pid = runs.read_status(run.folder).get("pid")
         if jobs.read(run.folder).active and pid:
             os.kill(pid, signal.SIGKILL)
-        second.terminate()
-        second.wait(timeout=15)
+        assert stop_studio(second) < STOP_WITHIN_S

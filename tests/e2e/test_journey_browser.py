@@ -15,9 +15,11 @@ import pytest
 from tests.documents import docx_bytes, pdf_bytes
 from tests.e2e.conftest import (
     ROOT,
+    STOP_WITHIN_S,
     export_demo,
     screenshot,
     start_studio,
+    stop_studio,
     training_step,
     wait_for_step_above,
 )
@@ -49,8 +51,7 @@ def no_error_on(page) -> None:  # type: ignore[no-untyped-def]
 
 
 def stop(process: subprocess.Popen, log: Path) -> None:
-    process.terminate()
-    process.wait(timeout=15)
+    assert stop_studio(process) < STOP_WITHIN_S, "it must stop within seconds of SIGTERM"
     assert "Traceback" not in log.read_text(), log.read_text()
 
 

@@ -14,7 +14,7 @@ from core.knowledge import KnowledgeStore
 from core.settings import Settings
 from core.train import TrainConfig
 from tests.documents import pdf_bytes
-from tests.e2e.conftest import export_demo, screenshot, start_studio
+from tests.e2e.conftest import STOP_WITHIN_S, export_demo, screenshot, start_studio, stop_studio
 from tests.training import alpaca_rows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -31,8 +31,7 @@ def visit(page, url: str) -> None:  # type: ignore[no-untyped-def]
 
 
 def stop(process: subprocess.Popen, log) -> None:  # type: ignore[no-untyped-def]
-    process.terminate()
-    process.wait(timeout=15)
+    assert stop_studio(process) < STOP_WITHIN_S, "it must stop within seconds of SIGTERM"
     assert "Traceback" not in log.read_text(), log.read_text()
 
 

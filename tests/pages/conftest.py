@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,11 @@ from views import common
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 
 
+def texts(elements) -> str:  # type: ignore[no-untyped-def]
+    """The elements' texts as a reader sees them: Markdown escapes (views.common.shown) undone."""
+    return re.sub(r"\\(.)", r"\1", " ".join(str(e.value) for e in elements))
+
+
 @pytest.fixture
 def studio_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: Path) -> Path:
     for name in list(os.environ):
@@ -24,6 +30,7 @@ def studio_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LRS_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("LRS_BASE_MODEL", str(tiny_model_dir))
+    monkeypatch.setattr(common, "_failures", {})  # wrong passwords of earlier tests
     st.cache_resource.clear()
     yield tmp_path
     st.cache_resource.clear()

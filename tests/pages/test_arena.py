@@ -6,13 +6,10 @@ from core import arena, runs
 from core.ingest import ChunkSettings, UploadedFile, ingest
 from core.knowledge import KnowledgeStore
 from core.settings import load_settings
+from tests.pages.conftest import texts
 from tests.training import trained
 
 PAGE = "views/arena.py"
-
-
-def texts(elements) -> str:
-    return " ".join(str(e.value) for e in elements)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from core.arena import RAG_INSTRUCTIONS
 from core.ingest import ChunkSettings, UploadedFile, ingest
 from core.knowledge import KnowledgeStore
 from core.settings import load_settings
+from tests.pages.conftest import texts
 from tests.training import trained
 
 PAGE = "views/evaluate.py"
@@ -19,10 +20,6 @@ QUESTIONS = [
     {"question": "What is the release code?", "reference": "BLUE-HARBOR-42", "accepted": ["BH42"]},
     {"question": "What is the capital of France?", "answer": "Paris"},
 ]
-
-
-def texts(elements) -> str:
-    return " ".join(str(e.value) for e in elements)
 
 
 def jsonl(rows) -> bytes:

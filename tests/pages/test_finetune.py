@@ -9,6 +9,7 @@ from core import jobs, runs
 from core.datasets import parse_dataset
 from core.settings import load_settings
 from core.train import TrainConfig
+from tests.pages.conftest import texts
 from tests.training import alpaca_rows, finished, wait_for
 
 PAGE = "views/finetune.py"
@@ -31,10 +32,6 @@ def upload(at, name: str, data: bytes):
     return at
 
 
-def texts(elements) -> str:
-    return " ".join(str(e.value) for e in elements)
-
-
 def test_empty_page_explains_the_data_and_offers_an_example(page) -> None:
     assert "Try with an example" in texts(page.info)
     assert "Your adapters (0)" in texts(page.subheader)
@@ -53,7 +50,7 @@ def test_empty_page_explains_the_data_and_offers_an_example(page) -> None:
 def test_problems_are_listed_by_line_and_training_cannot_start(page) -> None:
     bad = alpaca_rows(3) + b'\n{"instruction": "Hi", "output": ""}\n{"oops"\n'
     upload(page, "broken.jsonl", bad)
-    message = page.error[0].value
+    message = texts(page.error[:1])
     assert "Line 4: 'output' is empty" in message and "Line 5: not valid JSON" in message
     assert "Training cannot start" in message
     assert not any(b.key == "ft_start" for b in page.button)

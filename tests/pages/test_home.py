@@ -1,5 +1,7 @@
 import pytest
 
+from tests.pages.conftest import texts
+
 
 def test_home_explains_the_choice_and_shows_the_installation(open_page) -> None:
     at = open_page(None)
@@ -7,7 +9,7 @@ def test_home_explains_the_choice_and_shows_the_installation(open_page) -> None:
     assert at.title[0].value == "LoRA-RAG Studio"
     subheaders = [h.value for h in at.subheader]
     assert "LoRA or RAG? When each one helps" in subheaders
-    text = " ".join(m.value for m in at.markdown)
+    text = texts(at.markdown)
     assert "Best for facts" in text and "Best for behaviour" in text and "Both" in text
     assert "tiny-llama" in text  # the configured base model (a folder in this test)
     assert "all-MiniLM-L6-v2" in text
@@ -39,9 +41,9 @@ def test_a_bad_setting_stops_with_a_message_not_a_traceback(open_page, monkeypat
     monkeypatch.setenv("LRS_TEMPERATURE", "hot")
     at = open_page(None)
     assert not at.exception
-    assert "LRS_TEMPERATURE" in at.error[0].value
+    assert "LRS_TEMPERATURE" in texts(at.error)
 
 
 def test_sidebar_names_the_model(open_page) -> None:
     at = open_page(None)
-    assert any("tiny-llama" in c.value for c in at.sidebar.caption)
+    assert "tiny-llama" in texts(at.sidebar.caption)

@@ -1,4 +1,5 @@
 from tests.documents import docx_bytes, pdf_bytes, png_bytes
+from tests.pages.conftest import texts
 from tests.restart import restart_studio
 
 PAGE = "views/knowledge.py"
@@ -51,9 +52,9 @@ def test_upload_see_the_table_search_and_delete(open_page, fake_search) -> None:
         ("photo.pdf", png_bytes()),
     )
     assert not at.exception
-    assert [s.value for s in at.success] == [
-        "**handbook\\.pdf**: Added 3 passages from 3 pages.",
-        "**boats\\.docx**: Added 1 passage.",
+    assert [texts([s]) for s in at.success] == [
+        "**handbook.pdf**: Added 3 passages from 3 pages.",
+        "**boats.docx**: Added 1 passage.",
     ]
     assert "not a PDF" in at.error[0].value
     table = at.dataframe[0].value

@@ -8,13 +8,10 @@ from core import adapters, arena, evaluate, share
 from core.bundle import read_bundle
 from core.knowledge import KnowledgeStore
 from core.settings import load_settings
+from tests.pages.conftest import texts
 from tests.sharing import fill
 
 PAGE = "views/share.py"
-
-
-def texts(elements) -> str:
-    return " ".join(str(e.value) for e in elements)
 
 
 def bundle_from_elsewhere(tmp_path: Path, embeddings) -> Path:
@@ -54,8 +51,8 @@ def test_export_builds_a_valid_demo_file_with_what_was_chosen(
     assert "is ready" in texts(at.success)
     assert at.get("download_button")
     bundle = read_bundle(built.read_bytes(), 10**9)
-    assert [k["name"] for k in bundle.knowledge_bases] == ["Harbour"]
-    assert [a["name"] for a in bundle.adapters] == ["Harbour voice"]
+    assert [k.name for k in bundle.knowledge_bases] == ["Harbour"]
+    assert [a.name for a in bundle.adapters] == ["Harbour voice"]
     assert bundle.evaluations == []  # unticked
     # the links tab lists the saved report with its own link
     assert any("/evaluate?report=" in c.value for c in at.code)
@@ -71,8 +68,11 @@ def test_import_shows_the_plan_then_imports_under_new_names_when_taken(
     at.file_uploader[0].set_value([("demo.zip", demo.read_bytes(), "application/zip")]).run()
     assert not at.exception
     plan = at.table[0].value
-    assert list(plan["Name here"]) == ["Harbour - imported", "Harbour voice"]
-    assert "Already here: knowledge base 'Harbour'" in texts(at.warning).replace("\\", "")
+    assert [n.replace("\\", "") for n in plan["Name here"]] == [
+        "Harbour - imported",
+        "Harbour voice",
+    ]
+    assert "Already here: knowledge base 'Harbour'" in texts(at.warning)
     assert at.checkbox(key="share_replace").value is False
     at.button(key="share_import").click().run()
     assert not at.exception
@@ -171,6 +171,48 @@ def test_a_demo_password_is_asked_before_anything_is_shown(
     at.button[0].click().run()
     assert not at.exception
     assert "This is a demo" in texts(at.subheader)
+
+
+def test_wrong_passwords_make_the_next_try_wait_longer_and_nothing_keeps_the_typed_value(
+    open_page, demo_env, monkeypatch
+) -> None:
+    from views import common
+
+    now = [1000.0]
+    monkeypatch.setattr(common, "clock", lambda: now[0])
+    monkeypatch.setattr(common, "_failures", {})
+    monkeypatch.setenv("LRS_DEMO_PASSWORD", "harbour-2026")
+
+    def attempt(at, password: str):  # type: ignore[no-untyped-def]
+        at.text_input(key="access_password").set_value(password)
+        at.button[0].click().run()
+        assert not at.exception
+        state = at.session_state  # AppTest's session state has no .get
+        typed = state["access_password"] if "access_password" in state else ""  # noqa: SIM401
+        assert typed == ""
+        return at
+
+    at = open_page()
+    for _ in range(common.FREE_TRIES - 1):
+        assert "That password is not right." in texts(attempt(at, "wrong").error)
+    (client,) = common._failures  # the tries are counted per client, not per session
+    assert common.password_wait_s(client) == 0
+    attempt(at, "wrong")
+    assert common.password_wait_s(client) == 1.0
+    # A new session (a new tab, a reload) of the same client gets no fresh tries...
+    fresh = open_page()
+    attempt(fresh, "harbour-2026")
+    assert "Too many wrong passwords" in texts(fresh.error)
+    assert "This is a demo" not in texts(fresh.subheader)
+    # ...the wait doubles with each further wrong password...
+    now[0] += 1.0
+    attempt(fresh, "wrong again")
+    assert common.password_wait_s(client) == 2.0
+    # ...and once it has passed, the right password opens the studio and forgets the tries.
+    now[0] += 2.0
+    attempt(fresh, "harbour-2026")
+    assert "This is a demo" in texts(fresh.subheader)
+    assert common._failures == {}
 
 
 def test_with_an_identity_provider_in_secrets_visitors_log_in_first(studio_env, demo_env) -> None:

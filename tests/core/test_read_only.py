@@ -1,0 +1,124 @@
+"""A read-only studio writes nothing: every core entry point runs on a read-only data folder, which
+afterwards is the same byte for byte."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from core import adapters, arena, evaluate, jobs, knowledge, share
+from core.errors import KnowledgeBaseError, StudioError
+from core.ingest import ChunkSettings, UploadedFile, ingest, rebuild, recover
+from core.knowledge import DocumentRecord, KnowledgeStore
+from core.retrieve import search
+from tests.restart import forget_chroma_clients
+from tests.sharing import fill
+
+
+def fingerprint(folder: Path, chroma_by_content: bool = True) -> dict[str, str]:
+    """Every file under `folder` with a hash of its bytes; Chroma's own files by what they hold
+    (Chroma folds its write log into its index files whenever it opens them, even to read)."""
+    found = {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not (chroma_by_content and p.is_relative_to(folder / "chroma"))
+    }
+    if not chroma_by_content:
+        return found
+    client = knowledge.chroma_client(None, 0, str(folder / "chroma"), read_only=True)
+    for collection in client.list_collections():
+        held = collection.get(include=["documents", "metadatas", "embeddings"])
+        rows = sorted(
+            json.dumps([i, d, m, [float(x) for x in e]], sort_keys=True)
+            for i, d, m, e in zip(
+                held["ids"], held["documents"], held["metadatas"], held["embeddings"], strict=True
+            )
+        )
+        found[f"chroma:{collection.name}"] = hashlib.sha256("".join(rows).encode()).hexdigest()
+    forget_chroma_clients()
+    return found
+
+
+def test_every_entry_point_of_a_read_only_studio_leaves_its_folder_byte_for_byte(
+    settings, fake_embeddings, tmp_path
+) -> None:
+    made = fill(settings, fake_embeddings)
+    kb = KnowledgeStore(settings, fake_embeddings).open("Harbour")
+    # A document a writer left half-done: a writable studio would redo it.
+    [record, *_] = kb.documents()
+    kb.catalog.add_pending(
+        DocumentRecord(**{**record.__dict__, "owner": f"{os.uname().nodename}:999999"})
+    )
+    kb.store.delete(where={"doc_id": record.doc_id})
+    del kb
+    forget_chroma_clients()
+    before = fingerprint(settings.data_dir)
+
+    ro = settings.model_copy(update={"read_only": True})
+    store = KnowledgeStore(ro, fake_embeddings)
+    kb = store.open("Harbour")
+    chunks = ChunkSettings(120, 10)
+    reads = [
+        store.names,
+        kb.documents,
+        kb.passage_count,
+        kb.missing_passages,
+        lambda: search(kb, "release code"),
+        lambda: recover(kb, chunks),
+        lambda: adapters.list_adapters(ro),
+        lambda: adapters.get(ro, made["run_id"]),
+        lambda: adapters.zip_bytes(ro, made["run_id"]),
+        lambda: evaluate.list_reports(ro),
+        lambda: evaluate.load(ro, made["report"]),
+        lambda: arena.conversation_ids(ro),
+        lambda: arena.load(ro, made["conversation"]),
+        lambda: arena.leaderboard(ro),
+        lambda: jobs.all_runs(ro),
+    ]
+    for read in reads:
+        read()
+    assert recover(kb, chunks) == [] and kb.documents()[0].status == "pending"
+    changes = [
+        lambda: store.create("New"),
+        lambda: store.delete("Harbour"),
+        lambda: store.rename("Harbour", "Other"),
+        lambda: kb.delete_document(record.doc_id),
+        lambda: list(ingest(kb, [UploadedFile("x.txt", b"new text")], chunks)),
+        lambda: list(rebuild(kb, chunks)),
+        lambda: adapters.rename(ro, made["run_id"], "Mine"),
+        lambda: adapters.delete(ro, made["run_id"]),
+        lambda: jobs.delete_run(ro, made["run_id"]),
+        lambda: evaluate.delete(ro, made["report"]),
+        lambda: evaluate.save(ro, evaluate.load(ro, made["report"])),
+        lambda: arena.save(ro, arena.Conversation()),
+        lambda: share.import_bundle(ro, store, tmp_path / "none.zip"),
+    ]
+    for change in changes:
+        with pytest.raises(StudioError, match="read-only demo"):
+            change()
+    kb = store = None  # type: ignore[assignment]
+    forget_chroma_clients()
+    assert fingerprint(settings.data_dir) == before
+
+
+def test_a_read_only_studio_reports_a_damaged_index_and_leaves_it_where_it_is(
+    settings, fake_embeddings
+) -> None:
+    fill(settings, fake_embeddings)
+    forget_chroma_clients()
+    chroma = settings.data_dir / "chroma"
+    (chroma / "chroma.sqlite3").write_bytes(os.urandom(64_000))
+    before = fingerprint(settings.data_dir, chroma_by_content=False)
+    ro = settings.model_copy(update={"read_only": True})
+    with pytest.raises(KnowledgeBaseError, match="could not be opened"):
+        KnowledgeStore(ro, fake_embeddings).open("Harbour").passage_count()
+    assert str(chroma) not in knowledge.set_aside
+    assert sorted(p.name for p in settings.data_dir.iterdir()) == sorted(
+        {name.split("/")[0] for name in before}
+    )
+    assert fingerprint(settings.data_dir, chroma_by_content=False) == before
+    forget_chroma_clients()
