@@ -2,11 +2,12 @@
 
     python scripts/audit.py constraints.txt torch==2.13.0
 
-Fails (exit 1) when pip-audit finds a known vulnerability in a pinned version. Pins the
-vulnerability service cannot be asked about are listed and counted but do not fail the run: an
-unreachable service says nothing about our code. Where PyPI's per-release pages cannot be
-reached (a registry proxy, as on our CI machines), a pin that is its project's latest release is
-checked against the project page instead, whose advisories are those of the latest release.
+Fails (exit 1) when pip-audit finds a known vulnerability in a pinned version, when it cannot run
+at all, and when a pin cannot be checked and is not allowed, with a reason and a date, in
+`scripts/audit-allow.toml` (which also scopes the advisories we ignore to their package). Where
+PyPI's per-release pages cannot be reached (a registry proxy, as on our CI machines), a pin that
+is its project's latest release is checked against the project page instead, whose advisories are
+those of the latest release.
 """
 
 from __future__ import annotations
@@ -15,26 +16,54 @@ import json
 import subprocess
 import sys
 import tempfile
+import tomllib
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from datetime import date
 from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from pydantic import BaseModel, Field
 
 PROJECT_PAGE = "https://pypi.org/pypi/{name}/json"
-# Advisories that do not reach the studio, each with why (SECURITY.md says more). Any alias of one
-# is ignored with it.
-NOT_REACHABLE = {
-    # chromadb, no fixed release yet: all four are in Chroma's HTTP server (code injection through
-    # its embedding-function endpoints, missing tenant checks). The studio runs Chroma embedded,
-    # in its own process, with no server; a Chroma server you point it at is yours to keep on a
-    # private network.
-    "CVE-2026-45829": "Chroma server: code injection before authentication",
-    "CVE-2026-45830": "Chroma server: no tenant authorization",
-    "CVE-2026-45831": "Chroma server: RBAC provider ignores the resource",
-    "CVE-2026-45833": "Chroma server: code injection after authentication",
-}
+ALLOW = Path(__file__).with_name("audit-allow.toml")
+
+
+class Unchecked(BaseModel):
+    name: str
+    version: str
+    reason: str = Field(min_length=10)
+    added: date
+    until: date
+
+
+class Ignore(BaseModel):
+    package: str
+    id: str
+    reason: str = Field(min_length=10)
+    until: date
+
+
+class Allowed(BaseModel):
+    """What the audit may let pass, each entry with a reason and a date it holds until."""
+
+    unchecked: list[Unchecked] = []
+    ignore: list[Ignore] = []
+
+
+def allowed(today: date) -> tuple[set[tuple[str, str]], dict[str, set[str]], list[str]]:
+    """The pins allowed to be unchecked, the advisories ignored per package, and the entries
+    whose date has passed (which fail the audit)."""
+    entries = Allowed.model_validate(tomllib.loads(ALLOW.read_text()))
+    expired = [f"{e.name} {e.version}" for e in entries.unchecked if e.until < today]
+    expired += [f"{e.package}: {e.id}" for e in entries.ignore if e.until < today]
+    pins = {(canonicalize_name(e.name), e.version) for e in entries.unchecked if e.until >= today}
+    ignores: dict[str, set[str]] = {}
+    for entry in entries.ignore:
+        if entry.until >= today:
+            ignores.setdefault(canonicalize_name(entry.package), set()).add(entry.id)
+    return pins, ignores, expired
 
 
 def latest_release_advisories(dependency: dict, pins: dict[str, str]) -> dict:
@@ -79,8 +108,8 @@ def main(constraints: str, *extra: str) -> int:
         )
         if not report.exists():
             print("pip-audit could not run; its last words:", done.stderr[-2000:], sep="\n")
-            print("Audit: NOT CHECKED (see above). Run `make audit` again with network access.")
-            return 0
+            print("Audit: FAILED, nothing was checked (see above). Run `make audit` again.")
+            return 1
         dependencies = json.loads(report.read_text())["dependencies"]
     with ThreadPoolExecutor(16) as pool:
         dependencies = list(
@@ -90,16 +119,25 @@ def main(constraints: str, *extra: str) -> int:
             )
         )
 
+    allowed_pins, ignores, expired = allowed(date.today())
     ignored = 0
     for dependency in dependencies:
         found = dependency.get("vulns", [])
-        dependency["vulns"] = [
-            v for v in found if not {v["id"], *v.get("aliases", [])} & NOT_REACHABLE.keys()
-        ]
+        scoped = ignores.get(canonicalize_name(dependency["name"]), set())
+        dependency["vulns"] = [v for v in found if not {v["id"], *v.get("aliases", [])} & scoped]
         ignored += len(found) - len(dependency["vulns"])
     vulnerable = [d for d in dependencies if d["vulns"]]
     unchecked = [d for d in dependencies if "skip_reason" in d]
     checked = len(dependencies) - len(unchecked)
+    unlisted = [
+        f"{d['name']} {d.get('version', '')}".strip()
+        for d in unchecked
+        if (canonicalize_name(d["name"]), d.get("version", "")) not in allowed_pins
+    ]
+    for entry in expired:
+        print(f"Allowance expired, look again and renew or remove it in {ALLOW.name}: {entry}")
+    for entry in unlisted:
+        print(f"Not checked and not allowed in {ALLOW.name} (add it with a reason): {entry}")
     for dependency in vulnerable:
         for vuln in dependency["vulns"]:
             fixed = ", ".join(vuln.get("fix_versions") or []) or "no fixed release yet"
@@ -114,9 +152,9 @@ def main(constraints: str, *extra: str) -> int:
         f"Audit: {checked} of {len(dependencies)} pins checked against PyPI's advisories "
         f"(pip-audit), "
         f"{sum(len(d['vulns']) for d in vulnerable)} known vulnerabilities "
-        f"({ignored} more that do not reach the studio: see SECURITY.md)."
+        f"({ignored} more that do not reach the studio: see {ALLOW.name} and SECURITY.md)."
     )
-    return 1 if vulnerable else 0
+    return 1 if vulnerable or unlisted or expired else 0
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """The minimum versions SECURITY.md promises are the ones pyproject.toml asks for and we run."""
 
 import re
+import sys
 import tomllib
 from importlib.metadata import version
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
@@ -30,3 +32,41 @@ def test_security_floors_are_what_pyproject_asks_and_what_is_installed() -> None
     for name, minimum in table.items():
         assert floors[name] >= minimum, f"pyproject.toml lets {name} below {minimum}"
         assert Version(version(name)) >= minimum, f"the installed {name} is below {minimum}"
+
+
+def _audit():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("audit", ROOT / "scripts" / "audit.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules["audit"] = module  # pydantic resolves the models' annotations there
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def test_the_audit_allows_unchecked_pins_only_when_listed_and_ignores_only_per_package(
+    tmp_path, monkeypatch
+) -> None:
+    from datetime import date
+
+    audit = _audit()
+    pins, ignores, expired = audit.allowed(date(2026, 12, 3))  # the repository's own list parses
+    assert ("torch", "2.13.0") in pins and expired == []
+    assert set(ignores) == {"chromadb"}  # the Chroma server advisories, for chromadb only
+
+    allow = tmp_path / "audit-allow.toml"
+    allow.write_text(
+        '[[unchecked]]\nname = "Old_Thing"\nversion = "1.0"\nreason = "kept for a reason"\n'
+        'added = "2026-01-01"\nuntil = "2026-06-30"\n'
+        '[[ignore]]\npackage = "chromadb"\nid = "CVE-1"\nreason = "server only, not ours"\n'
+        'until = "2027-01-01"\n'
+    )
+    monkeypatch.setattr(audit, "ALLOW", allow)
+    pins, ignores, expired = audit.allowed(date(2026, 12, 3))
+    assert pins == set() and expired == ["Old_Thing 1.0"]  # past its date: it fails again
+    assert ignores == {"chromadb": {"CVE-1"}}
+    allow.write_text('[[unchecked]]\nname = "x"\nversion = "1"\nreason = ""\n')
+    import pydantic
+
+    with pytest.raises(pydantic.ValidationError):  # no reason, no date: not an allowance
+        audit.allowed(date(2026, 12, 3))
