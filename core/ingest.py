@@ -8,6 +8,7 @@ A document is written as 'pending' in the catalog, its passages are added, then 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -264,8 +265,12 @@ def _store_original(kb: KnowledgeBase, prepared: _Prepared) -> None:
         partial.replace(target)  # atomic: a crash never leaves half a file under the name
 
 
-def _write(kb: KnowledgeBase, prepared: _Prepared, doc_id: str) -> Iterator[int]:
-    """Store a prepared document's passages as pending, then mark it complete. Yields counts."""
+def _write(
+    kb: KnowledgeBase, prepared: _Prepared, doc_id: str, keep_record: bool = False
+) -> Iterator[int]:
+    """Store a prepared document's passages as pending, then mark it complete. Yields counts.
+    On a failure or when abandoned, its passages go; its record goes too, unless `keep_record`
+    (a document being redone from its stored original stays listed, pending, for `recover`)."""
     chunks = prepared.chunks
     for index, chunk in enumerate(chunks):
         chunk.metadata.update(
@@ -302,7 +307,8 @@ def _write(kb: KnowledgeBase, prepared: _Prepared, doc_id: str) -> Iterator[int]
     except BaseException:
         # Nothing half-written stays behind: the document is either fully in or not at all.
         kb.delete_passages(doc_id)
-        kb.catalog.remove(doc_id)
+        if not keep_record:
+            kb.catalog.remove(doc_id)
         raise
     finally:
         with _active_lock:
@@ -333,7 +339,7 @@ def ingest(
 
 
 def _add_one(
-    kb: KnowledgeBase, prepared: _Prepared, done: float, share: float
+    kb: KnowledgeBase, prepared: _Prepared, done: float, share: float, keep_record: bool = False
 ) -> Iterator[IngestEvent]:
     name = prepared.name
     if prepared.error:
@@ -362,7 +368,7 @@ def _add_one(
     count = len(prepared.chunks)
     try:
         _store_original(kb, prepared)
-        for written in _write(kb, prepared, doc_id):
+        for written in _write(kb, prepared, doc_id, keep_record):
             yield IngestEvent(
                 name,
                 "progress",
@@ -403,15 +409,21 @@ def _redo(
     done: float,
     share: float,
 ) -> Iterator[IngestEvent]:
-    """Add a catalogued document again from its stored original, its passages written anew."""
-    kb.delete_passages(record.doc_id)
-    kb.catalog.remove(record.doc_id)
+    """Add a catalogued document again from its stored original, its passages written anew. Its
+    record is never dropped while its original exists: until the new passages are all in, it
+    stays listed as pending, so an interruption at any point leaves it for `recover` to redo."""
     original = kb.original_path(record)
-    if not original.exists():
+    kb.delete_passages(record.doc_id)
+    if not original.exists():  # nothing can ever redo it: the failure names it, the record goes
+        kb.catalog.remove(record.doc_id)
         yield IngestEvent(record.name, "failed", "Its stored file is gone: add it again.", done)
         return
+    kb.catalog.add_pending(dataclasses.replace(record, status="pending", owner=this_process()))
     upload = UploadedFile(record.name, original.read_bytes())
-    for event in _add_one(kb, _prepare(kb, upload, chunking), done, share):
+    prepared = _prepare(kb, upload, chunking)
+    if doc_id_for(prepared.name, prepared.content_hash) != record.doc_id:
+        kb.catalog.remove(record.doc_id)  # an id of an older scheme: the new record replaces it
+    for event in _add_one(kb, prepared, done, share, keep_record=True):
         if event.status in ("added", "replaced"):
             event = IngestEvent(
                 record.name, "redone", message, event.fraction, event.passages, event.pages

@@ -239,3 +239,31 @@ def test_a_document_whose_stored_file_is_gone_is_named_in_the_rebuild(
     }
     assert "add it again" in next(e.message for e in events if e.status == "failed")
     assert [d.name for d in kb.documents()] == ["doors.txt"] and kb.missing_passages() == 0
+
+
+@pytest.mark.parametrize("stop_after", ["started", "progress"])
+def test_a_rebuild_abandoned_mid_document_loses_no_record(
+    settings, fake_embeddings, monkeypatch, stop_after
+) -> None:
+    import core.ingest as ingest_module
+
+    store = KnowledgeStore(settings, fake_embeddings)
+    kb = store.create("Handbook")
+    long = UploadedFile("long.txt", ("A sentence of the long manual. " * 200).encode())
+    list(ingest(kb, [*DOCUMENTS, long], CHUNKS))
+    names = sorted(d.name for d in kb.documents())
+    passages = kb.passage_count()
+    monkeypatch.setattr(ingest_module, "_BATCH", 2)  # several progress steps per document
+    # A rerun abandons the generator (what Streamlit does to a script that is re-run) while the
+    # first document is being redone.
+    events = rebuild(kb, CHUNKS)
+    for event in events:
+        if event.status == stop_after:
+            break
+    events.close()
+    assert sorted(d.name for d in kb.documents()) == names  # every document is still listed...
+    assert all(kb.original_path(d).exists() for d in kb.documents())
+    redone = ingest_module.recover(kb, CHUNKS)  # ...and what was cut off is redone from its file
+    assert [d.status for d in kb.documents()] == ["complete"] * len(names)
+    assert len(redone) <= 1 and all(e.status == "redone" for e in redone)
+    assert kb.passage_count() == passages and kb.missing_passages() == 0
