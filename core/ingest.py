@@ -137,12 +137,16 @@ def decode_text(data: bytes) -> str:
     return str((western or tied)[0])
 
 
-def _pdf_pages(path: Path, settings: Settings) -> list[str]:
-    if not path.read_bytes()[:1024].lstrip().startswith(b"%PDF"):
-        raise DocumentError("The file is not a PDF, though its name ends in .pdf.")
+def _parsed_apart(path: Path, file_type: str, settings: Settings) -> list[str]:
+    """The text of a PDF, Word file or web page, read by `core.pdf_text` in a child process with
+    a memory cap, a time limit and a cap on characters: a crafted file costs only that process."""
+    what = {"pdf": "PDF", "docx": "Word document", "html": "web page"}[file_type]
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "core.pdf_text", str(path), str(settings.parse_memory_mb)],
+            [
+                *(sys.executable, "-m", "core.pdf_text", str(path)),
+                *(str(settings.parse_memory_mb), file_type, str(settings.max_document_chars)),
+            ],
             capture_output=True,
             timeout=settings.parse_timeout_s,
             cwd=Path(__file__).resolve().parents[1],
@@ -150,8 +154,8 @@ def _pdf_pages(path: Path, settings: Settings) -> list[str]:
         )
     except subprocess.TimeoutExpired:
         raise DocumentError(
-            f"Reading the PDF took longer than {settings.parse_timeout_s} s, so it was stopped; "
-            "the file may be damaged."
+            f"Reading the {what} took longer than {settings.parse_timeout_s} s, so it was "
+            "stopped; the file may be damaged."
         ) from None
     try:
         result = json.loads(done.stdout or b"{}")
@@ -160,7 +164,8 @@ def _pdf_pages(path: Path, settings: Settings) -> list[str]:
     if "pages" not in result:
         raise DocumentError(
             result.get("error")
-            or "Reading the PDF failed (it needed too much memory or crashed); it may be damaged."
+            or f"Reading the {what} failed (it needed too much memory or crashed); it may be "
+            "damaged."
         )
     return list(result["pages"])
 
@@ -168,28 +173,20 @@ def _pdf_pages(path: Path, settings: Settings) -> list[str]:
 def extract(path: Path, file_type: str, data: bytes, settings: Settings) -> list[tuple[int, str]]:
     """(page number, text) pairs; page 0 means the format has no pages."""
     if file_type == "pdf":
-        return [(n, text) for n, text in enumerate(_pdf_pages(path, settings), start=1)]
-    if file_type == "docx":
-        import zipfile
-
-        from langchain_community.document_loaders import Docx2txtLoader
-
-        if not zipfile.is_zipfile(path):
-            raise DocumentError("The file is not a Word document, though its name ends in .docx.")
-        try:
-            return [(0, doc.page_content) for doc in Docx2txtLoader(str(path)).load()]
-        except (KeyError, zipfile.BadZipFile, ValueError) as error:
-            raise DocumentError(f"The Word document could not be read ({error}).") from None
-    text = decode_text(data)
+        if not data[:1024].lstrip().startswith(b"%PDF"):
+            raise DocumentError("The file is not a PDF, though its name ends in .pdf.")
+        return [(n, text) for n, text in enumerate(_parsed_apart(path, "pdf", settings), 1)]
     if file_type == "html":
-        from bs4 import BeautifulSoup
-
-        soup = BeautifulSoup(text, "html.parser")
-        for hidden in soup(["script", "style", "noscript", "template"]):
-            hidden.decompose()
-        title = soup.title.get_text(" ", strip=True) if soup.title else ""
-        body = soup.get_text("\n", strip=True)
-        text = f"{title}\n\n{body}" if title and not body.startswith(title) else body
+        path.write_text(decode_text(data), encoding="utf-8")
+    if file_type in ("docx", "html"):
+        return [(0, text) for text in _parsed_apart(path, file_type, settings)]
+    text = decode_text(data)
+    if len(text) > settings.max_document_chars:
+        raise DocumentError(
+            f"This file holds {len(text):,} characters of text; the studio takes at most "
+            f"{settings.max_document_chars:,} from one file (LRS_MAX_DOCUMENT_CHARS). Split it, "
+            "or raise the limit."
+        )
     return [(0, text)]
 
 
@@ -240,6 +237,12 @@ def _prepare(
             pages = extract(path, prepared.file_type, upload.data, settings)
         prepared.pages = sum(1 for page, _ in pages if page) or 1
         prepared.chunks = _split(pages, chunking)
+        if len(prepared.chunks) > settings.max_document_passages:
+            raise DocumentError(
+                f"This file would make {len(prepared.chunks):,} passages; the studio takes at "
+                f"most {settings.max_document_passages:,} from one file "
+                "(LRS_MAX_DOCUMENT_PASSAGES). Split it, or use longer passages."
+            )
         if not prepared.chunks:
             raise DocumentError(
                 "No extractable text: the file may be a scan or an image. Run it through OCR "

@@ -1,12 +1,14 @@
-"""Read the text of a PDF, page by page, in a child process with a memory cap.
+"""Read the text of a PDF (page by page), a Word file or a web page in a child process with a
+memory cap.
 
-    python -m core.pdf_text FILE MEMORY_MB
+    python -m core.pdf_text FILE MEMORY_MB [pdf|docx|html] [MAX_CHARACTERS]
 
 Prints one JSON object: {"pages": ["text of page 1", ...]} or {"error": "plain sentence"}.
-A malformed PDF can make a parser loop or swallow memory; here that kills only this process, and
-the parent (core.ingest) also stops it after a time limit. It uses pypdf directly, the library
-behind LangChain's PyPDFLoader, because importing LangChain would cost this short-lived process
-more time than reading a typical PDF.
+A malformed PDF can make a parser loop or swallow memory, and a Word file is a zip that can
+expand a thousandfold; here that kills only this process, and the parent (core.ingest) also stops
+it after a time limit. It uses the libraries behind LangChain's loaders directly (pypdf for
+PyPDFLoader, docx2txt for Docx2txtLoader, BeautifulSoup), because importing LangChain would cost
+this short-lived process more time than reading a typical file.
 """
 
 from __future__ import annotations
@@ -44,12 +46,65 @@ def read_pages(path: str) -> dict[str, object]:
         return {"error": f"The file is not a readable PDF ({type(error).__name__}: {error})."}
 
 
-if __name__ == "__main__":
-    _limit_memory(int(sys.argv[2]))
+def read_docx(path: str) -> dict[str, object]:
+    import zipfile
+
+    import docx2txt
+
+    if not zipfile.is_zipfile(path):
+        return {"error": "The file is not a Word document, though its name ends in .docx."}
     try:
-        result = read_pages(sys.argv[1])
+        return {"pages": [docx2txt.process(path) or ""]}
+    except (KeyError, zipfile.BadZipFile, ValueError, OSError) as error:
+        return {"error": f"The Word document could not be read ({error})."}
+
+
+def read_html(path: str) -> dict[str, object]:
+    from pathlib import Path
+
+    from bs4 import BeautifulSoup
+
+    # The parent wrote it as UTF-8, decoded the studio's way (ingest.decode_text).
+    soup = BeautifulSoup(Path(path).read_text(encoding="utf-8", errors="replace"), "html.parser")
+    for hidden in soup(["script", "style", "noscript", "template"]):
+        hidden.decompose()
+    title = soup.title.get_text(" ", strip=True) if soup.title else ""
+    body = soup.get_text("\n", strip=True)
+    return {"pages": [f"{title}\n\n{body}" if title and not body.startswith(title) else body]}
+
+
+READERS = {"pdf": read_pages, "docx": read_docx, "html": read_html}
+WHAT = {"pdf": "PDF", "docx": "Word document", "html": "web page"}
+
+
+def main(path: str, megabytes: int, kind: str, max_characters: int) -> dict[str, object]:
+    _limit_memory(megabytes)
+    try:
+        result = READERS[kind](path)
     except MemoryError:
-        result = {"error": "Reading this PDF needed more memory than allowed; it may be damaged."}
+        return {
+            "error": f"Reading this {WHAT[kind]} needed more memory than allowed ({megabytes} MB, "
+            "LRS_PARSE_MEMORY_MB); it may be damaged or be a zip bomb."
+        }
     except RecursionError:
-        result = {"error": "The PDF's structure is nested too deeply to read; it may be damaged."}
+        return {"error": f"The {WHAT[kind]}'s structure is nested too deeply to read."}
+    pages = result.get("pages")
+    if isinstance(pages, list) and sum(len(p) for p in pages) > max_characters:
+        total = sum(len(p) for p in pages)
+        return {
+            "error": f"This {WHAT[kind]} holds {total:,} characters of text; the studio takes at "
+            f"most {max_characters:,} from one file (LRS_MAX_DOCUMENT_CHARS). Split it, or "
+            "raise the limit."
+        }
+    return result
+
+
+if __name__ == "__main__":
+    arguments = sys.argv[1:]
+    result = main(
+        arguments[0],
+        int(arguments[1]),
+        arguments[2] if len(arguments) > 2 else "pdf",
+        int(arguments[3]) if len(arguments) > 3 else 10**12,
+    )
     sys.stdout.write(json.dumps(result))

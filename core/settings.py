@@ -107,12 +107,25 @@ class Settings(BaseSettings):
     parse_timeout_s: int = Field(
         120,
         ge=5,
-        description="Longest time reading one PDF may take before it is given up as broken.",
+        description="Longest time reading one PDF, Word file or web page may take before it is "
+        "given up as broken.",
+    )
+    max_document_chars: int = Field(
+        5_000_000,
+        ge=1_000,
+        description="Most characters of text taken from one document (a 100-page manual has "
+        "about 300,000): a file that holds more is refused with a message.",
+    )
+    max_document_passages: int = Field(
+        20_000,
+        ge=10,
+        description="Most passages one document may make (each costs embedding time).",
     )
     parse_memory_mb: int = Field(
         1024,
         ge=256,
-        description="Most memory reading one PDF may use before it is given up as broken.",
+        description="Most memory reading one PDF, Word file or web page may use before it is "
+        "given up as broken.",
     )
 
     max_bundle_mb: int = Field(

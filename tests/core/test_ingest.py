@@ -332,3 +332,57 @@ def test_a_writer_killed_with_sigkill_mid_document_is_redone(knowledge, settings
     assert event.status == "redone"
     [whole] = kb.documents()
     assert whole.status == "complete" and kb.passage_count() == whole.passages
+
+
+def _docx_bomb(megabytes: int) -> bytes:
+    """A Word file of a few hundred kB whose document.xml expands to `megabytes` MB."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("[Content_Types].xml", '<?xml version="1.0"?><Types/>')
+        with archive.open("word/document.xml", "w") as xml:
+            xml.write(b'<?xml version="1.0"?><w:document><w:body><w:p><w:r><w:t>')
+            block = b"a" * 1_000_000
+            for _ in range(megabytes):
+                xml.write(block)
+            xml.write(b"</w:t></w:r></w:p></w:body></w:document>")
+    return buffer.getvalue()
+
+
+def test_a_word_zip_bomb_is_read_apart_and_refused_plainly(knowledge) -> None:
+    import resource
+
+    bomb = _docx_bomb(600)
+    assert len(bomb) < 2_000_000
+    kb = knowledge.create("Bombs")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    event = one(kb, "report.docx", bomb)
+    assert event.status == "failed"
+    assert "memory" in event.message or "LRS_MAX_DOCUMENT_CHARS" in event.message
+    # parsed in the child: the studio's own peak memory did not take the expanded text
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 300_000  # kB
+    assert kb.documents() == [] and kb.passage_count() == 0
+
+
+@pytest.mark.parametrize("name", ["long.txt", "long.docx", "long.html"])
+def test_a_document_with_more_text_than_the_cap_is_refused_with_the_setting_named(
+    settings, fake_embeddings, name
+) -> None:
+    from core.knowledge import KnowledgeStore
+
+    text = "A sentence of a very long file. " * 200
+    data = {
+        "long.txt": text.encode(),
+        "long.docx": docx_bytes([text]),
+        "long.html": html_bytes("Long", text),
+    }[name]
+    capped = settings.model_copy(update={"max_document_chars": 1_000})
+    kb = KnowledgeStore(capped, fake_embeddings).create("Capped")
+    event = one(kb, name, data)
+    assert event.status == "failed" and "LRS_MAX_DOCUMENT_CHARS" in event.message
+    few = settings.model_copy(update={"max_document_passages": 10})
+    kb = KnowledgeStore(few, fake_embeddings).create("Few")
+    event = one(kb, name, data)
+    assert event.status == "failed" and "LRS_MAX_DOCUMENT_PASSAGES" in event.message
