@@ -60,7 +60,8 @@ def test_one_question_four_answers_with_sources_timings_and_prompts(open_page, s
     assert list(fake_model.adapters) == [run_id]
     assert sum("Sources (1)" in e.label for e in at.expander) == 2
     assert sum(e.label == "Prompt" for e in at.expander) == 4
-    assert "[1] policy\\.txt" in texts(at.markdown)  # escaped: shown literally
+    raw = " ".join(m.value for m in at.markdown)
+    assert "[1] policy\\.txt" in raw  # escaped: shown literally
     assert sum("First token" in c.value for c in at.caption) == 4
     assert any("Retrieved 1 passages in" in c.value for c in at.caption)
     assert len(at.get("download_button")) == 2  # Markdown and JSON
