@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from core import pdf_text
 from core.errors import DocumentError, is_disk_full
 from core.knowledge import DocumentRecord, KnowledgeBase, process_alive, this_process
 from core.settings import Settings, check_writable
@@ -140,7 +141,7 @@ def decode_text(data: bytes) -> str:
 def _parsed_apart(path: Path, file_type: str, settings: Settings) -> list[str]:
     """The text of a PDF, Word file or web page, read by `core.pdf_text` in a child process with
     a memory cap, a time limit and a cap on characters: a crafted file costs only that process."""
-    what = {"pdf": "PDF", "docx": "Word document", "html": "web page"}[file_type]
+    what = pdf_text.WHAT[file_type]
     try:
         done = subprocess.run(
             [
@@ -182,11 +183,7 @@ def extract(path: Path, file_type: str, data: bytes, settings: Settings) -> list
         return [(0, text) for text in _parsed_apart(path, file_type, settings)]
     text = decode_text(data)
     if len(text) > settings.max_document_chars:
-        raise DocumentError(
-            f"This file holds {len(text):,} characters of text; the studio takes at most "
-            f"{settings.max_document_chars:,} from one file (LRS_MAX_DOCUMENT_CHARS). Split it, "
-            "or raise the limit."
-        )
+        raise DocumentError(pdf_text.too_much_text(len(text), settings.max_document_chars))
     return [(0, text)]
 
 

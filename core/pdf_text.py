@@ -73,6 +73,14 @@ def read_html(path: str) -> dict[str, object]:
     return {"pages": [f"{title}\n\n{body}" if title and not body.startswith(title) else body]}
 
 
+def too_much_text(characters: int, limit: int) -> str:
+    """The message for a document past LRS_MAX_DOCUMENT_CHARS (core.ingest uses it too)."""
+    return (
+        f"This file holds {characters:,} characters of text; the studio takes at most {limit:,} "
+        "from one file (LRS_MAX_DOCUMENT_CHARS). Split it, or raise the limit."
+    )
+
+
 READERS = {"pdf": read_pages, "docx": read_docx, "html": read_html}
 WHAT = {"pdf": "PDF", "docx": "Word document", "html": "web page"}
 
@@ -90,12 +98,7 @@ def main(path: str, megabytes: int, kind: str, max_characters: int) -> dict[str,
         return {"error": f"The {WHAT[kind]}'s structure is nested too deeply to read."}
     pages = result.get("pages")
     if isinstance(pages, list) and sum(len(p) for p in pages) > max_characters:
-        total = sum(len(p) for p in pages)
-        return {
-            "error": f"This {WHAT[kind]} holds {total:,} characters of text; the studio takes at "
-            f"most {max_characters:,} from one file (LRS_MAX_DOCUMENT_CHARS). Split it, or "
-            "raise the limit."
-        }
+        return {"error": too_much_text(sum(len(p) for p in pages), max_characters)}
     return result
 
 

@@ -16,7 +16,6 @@ import logging
 import re
 import shutil
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from dataclasses import replace as replace_fields
@@ -229,7 +228,7 @@ def _free_name(wanted: str, taken: set[str], limit: int = 64) -> str:
         candidate = f"{wanted[: limit - 16]} - imported{f' {number}' if number > 1 else ''}"
         if candidate.casefold() not in taken:
             return candidate
-    return f"{wanted[: limit - 20]} {uuid.uuid4().hex[:8]}"
+    return f"{wanted[: limit - 20]} {new_id()[:8]}"
 
 
 def _claim(
@@ -376,7 +375,7 @@ def _import_kb(
 def _import_adapter(settings: Settings, plan: ImportPlan, folder: str, name: str) -> Path:
     """The adapter as a new run with a fresh id: it appears whole, or not at all."""
     run_id = new_run_id()
-    staging = settings.data_dir / "imports" / uuid.uuid4().hex
+    staging = settings.data_dir / "imports" / new_id()
     adapter_dir = staging / runs.ADAPTER_DIR
     adapter_dir.mkdir(parents=True)
     try:
@@ -426,7 +425,7 @@ def _stage(
     for n, entry in enumerate(bundle.knowledge_bases):
         name = plan.knowledge_bases[plan.catalogs[entry.folder].name]
         progress(n / steps, f"Adding the knowledge base '{name}'")
-        staged = f"import-{uuid.uuid4().hex[:12]}"
+        staged = f"import-{new_id()}"
         # Registered before the step: a half-written knowledge base is removed as well.
         undo.add(lambda t=staged: store.delete(t) if t in store.names() else None)
         _import_kb(settings, store, plan, entry.folder, staged)
@@ -457,7 +456,7 @@ def _commit(
     for name, staged_name in temporary.items():
         previous = existing.get(name.casefold())
         if previous is not None:
-            aside = f"replaced-{uuid.uuid4().hex[:12]}"
+            aside = f"replaced-{new_id()}"
             store.rename(previous, aside)
             undo.add(lambda a=aside, p=previous: store.rename(a, p))
             afterwards.append(lambda a=aside: store.delete(a))
@@ -465,34 +464,25 @@ def _commit(
         undo.add(lambda n=name, t=staged_name: store.rename(n, t))
     if replace:
         new_runs = set(run_ids.values())
+        replaced = {n.casefold() for n in plan.adapters.values()}
         for info in adapters.list_adapters(settings):
-            if info.run_id not in new_runs and info.name.casefold() in {
-                n.casefold() for n in plan.adapters.values()
-            }:
+            if info.run_id not in new_runs and info.name.casefold() in replaced:
                 afterwards.append(lambda r=info.run_id: adapters.delete(settings, r))
-    for conversation in plan.conversations:
-        conversation.adapter = run_ids.get(conversation.adapter, conversation.adapter)
-        conversation.knowledge_base = plan.knowledge_bases.get(
-            conversation.knowledge_base, conversation.knowledge_base
+    saved: list[tuple[arena.Conversation | evaluate.Report, Any, Any]] = [
+        *((c, arena.conversation_path, arena.save) for c in plan.conversations),
+        *((r, evaluate.report_path, evaluate.save) for r in plan.evaluations),
+    ]
+    for item, path_of, save in saved:  # conversations and reports: pointed at what is here now
+        item.adapter = run_ids.get(item.adapter, item.adapter)
+        item.knowledge_base = plan.knowledge_bases.get(item.knowledge_base, item.knowledge_base)
+        item.model = settings.base_model
+        if isinstance(item, evaluate.Report) and item.state == "running":
+            item.state = "cancelled"  # exported mid-run: it can be resumed, not watched
+        if path_of(settings, item.id).exists() and not replace:
+            item.id = new_id()
+        _write_restorably(
+            path_of(settings, item.id), lambda i=item, save=save: save(settings, i), undo
         )
-        conversation.model = settings.base_model
-        path = arena.conversation_path(settings, conversation.id)
-        if path.exists() and not replace:
-            conversation.id = new_id()
-            path = arena.conversation_path(settings, conversation.id)
-        _write_restorably(path, lambda c=conversation: arena.save(settings, c), undo)
-    for report in plan.evaluations:
-        report.adapter = run_ids.get(report.adapter, report.adapter)
-        report.knowledge_base = plan.knowledge_bases.get(
-            report.knowledge_base, report.knowledge_base
-        )
-        report.model = settings.base_model
-        if report.state == "running":
-            report.state = "cancelled"  # exported mid-run: it can be resumed, not watched
-        if evaluate.report_path(settings, report.id).exists() and not replace:
-            report.id = new_id()
-        path = evaluate.report_path(settings, report.id)
-        _write_restorably(path, lambda r=report: evaluate.save(settings, r), undo)
     return afterwards
 
 

@@ -189,7 +189,7 @@ def show_exchange(number: int, exchange: Exchange) -> None:
                 show_missing(answer.unavailable)
                 continue
             for notice in answer.notices:
-                st.warning(common.shown(notice), icon=":material/info:")
+                st.warning(common.markdown_escape(notice), icon=":material/info:")
             if answer.error:
                 st.error(answer.error, icon=":material/error:")
             if answer.text:
@@ -333,7 +333,7 @@ built = arena.requests(
 try:
     streams = arena.ask(model, built, common.sampling_params("arena"))
 except StudioError as error:
-    st.error(common.shown(error), icon=":material/error:")
+    st.error(common.markdown_escape(error), icon=":material/error:")
     st.stop()
 
 # Out of blind mode, the modes that cannot answer yet keep their column, saying what to do.
@@ -351,11 +351,11 @@ for place, (column, key) in enumerate(zip(columns, order, strict=True)):
             show_missing(missing(key))
             continue
         if problems[key]:
-            st.error(common.shown(problems[key]), icon=":material/error:")
+            st.error(common.markdown_escape(problems[key]), icon=":material/error:")
         elif MODES[key].uses_passages and not passages:
             st.warning(arena.NO_PASSAGES, icon=":material/search_off:")
         for notice in streams[key].notices if key in streams else ():
-            st.warning(common.shown(notice), icon=":material/content_cut:")
+            st.warning(common.markdown_escape(notice), icon=":material/content_cut:")
         slots[key] = st.empty()
 live = list(streams)
 errors = common.stream_side_by_side([slots[k] for k in live], [streams[k] for k in live])

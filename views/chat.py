@@ -35,7 +35,7 @@ if not history and not (question and question.strip()):
 for turn in history:
     with st.chat_message(turn["role"]):
         for notice in turn.get("notices", ()):
-            st.warning(common.shown(notice), icon=":material/content_cut:")
+            st.warning(common.markdown_escape(notice), icon=":material/content_cut:")
         st.markdown(common.answer_markdown(turn["content"]))
         if turn.get("timings"):
             st.caption(turn["timings"])
@@ -51,7 +51,7 @@ if question and question.strip():
                 conversation, common.sampling_params(), st.session_state["chat_system_prompt"]
             )
             for notice in stream.notices:
-                st.warning(common.shown(notice), icon=":material/content_cut:")
+                st.warning(common.markdown_escape(notice), icon=":material/content_cut:")
             pieces = iter(stream)
             # Reading a long conversation can take a while before the first word: say so.
             with st.spinner("Reading the conversation…", show_time=True):
@@ -70,4 +70,4 @@ if question and question.strip():
             )
         except StudioError as error:
             history.pop()
-            st.error(common.shown(error), icon=":material/error:")
+            st.error(common.markdown_escape(error), icon=":material/error:")

@@ -41,7 +41,7 @@ def get_settings() -> Settings:
         with st.spinner("Opening the studio…"):
             return _settings()
     except StudioError as error:
-        st.error(shown(error), icon=":material/settings:")
+        st.error(markdown_escape(error), icon=":material/settings:")
         st.stop()
 
 
@@ -220,7 +220,9 @@ def sidebar() -> None:
             )
         try:
             source = models.describe_model(settings.base_model, settings)
-            st.caption(f"Model: **{shown(source.display_name)}** · {device_text(settings)}")
+            st.caption(
+                f"Model: **{markdown_escape(source.display_name)}** · {device_text(settings)}"
+            )
         except StudioError:
             st.caption("Model: not available (see Home)")
 
@@ -271,7 +273,7 @@ def ensure_model_ready(settings: Settings) -> None:
         if not models.describe_model(settings.base_model, settings).ready:
             _prepare_with_progress(settings)
     except StudioError as error:
-        st.error(shown(error), icon=":material/error:")
+        st.error(markdown_escape(error), icon=":material/error:")
         st.stop()
 
 
@@ -281,7 +283,7 @@ def tokenizer(settings: Settings) -> Any:
     try:
         return models.load_tokenizer(settings)
     except StudioError as error:
-        st.error(shown(error), icon=":material/error:")
+        st.error(markdown_escape(error), icon=":material/error:")
         st.stop()
 
 
@@ -294,7 +296,7 @@ def chat_model(settings: Settings) -> ChatModel:
                 settings.base_model, settings.device, settings.context_window, settings
             )
     except StudioError as error:
-        st.error(shown(error), icon=":material/error:")
+        st.error(markdown_escape(error), icon=":material/error:")
         st.stop()
 
 
@@ -310,7 +312,7 @@ def knowledge_store(settings: Settings) -> KnowledgeStore:
             embeddings = _shared_embeddings(settings.embedding_model, settings.device, settings)
         store = KnowledgeStore(settings, embeddings)
     except StudioError as error:
-        st.error(shown(error), icon=":material/error:")
+        st.error(markdown_escape(error), icon=":material/error:")
         st.stop()
     _repair_knowledge(store)
     return store
@@ -376,15 +378,11 @@ def _rebuild_damaged(store: KnowledgeStore) -> list[str]:
     return found
 
 
-def markdown_escape(text: str) -> str:
-    """Show document text or file names literally: no formatting, links or HTML from them."""
-    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$])", r"\\\1", text)
-
-
-def shown(value: object) -> str:
-    """Any message that may carry a user's or a bundle's words (an error naming a file, a
-    warning quoting a question), ready for an element that renders Markdown: shown literally."""
-    return markdown_escape(str(value))
+def markdown_escape(value: object) -> str:
+    """The one way to show words from users, documents and bundles (file and adapter names,
+    document text, any message that may quote them, an error included) in an element that
+    renders Markdown: literally, with no formatting, links, images or HTML from them."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$])", r"\\\1", str(value))
 
 
 # A model's answer is shown as Markdown (never HTML), but a Markdown image loads its address as

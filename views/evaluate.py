@@ -102,7 +102,7 @@ if saved:
                 try:
                     evaluate.delete(settings, old.id)
                 except StudioError as error:
-                    st.error(common.shown(error))
+                    st.error(common.markdown_escape(error))
                 else:
                     if st.session_state["eval_report_id"] == old.id:
                         open_report(None)
@@ -213,7 +213,7 @@ def show_freshness(shown: Report) -> None:
                     settings, model, store.open(shown.knowledge_base), shown, index, new
                 )
         except StudioError as error:
-            st.error(common.shown(error), icon=":material/error:")
+            st.error(common.markdown_escape(error), icon=":material/error:")
             return
         st.rerun()
     show_freshness_result(shown)
@@ -348,7 +348,7 @@ def start(shown: Report) -> None:
                 adapters.attach(model, settings, shown.adapter)
         evaluate.start(settings, model, shown, kb)
     except StudioError as error:
-        st.error(common.shown(error), icon=":material/error:")
+        st.error(common.markdown_escape(error), icon=":material/error:")
         return
     open_report(shown.id)
     st.rerun()
@@ -414,7 +414,7 @@ def new_evaluation() -> None:
             try:
                 found = evalset.parse_eval_set(upload.name, upload.getvalue())
             except StudioError as error:
-                st.error(common.shown(error), icon=":material/error:")
+                st.error(common.markdown_escape(error), icon=":material/error:")
             else:
                 set_items(found.items, f"the file {upload.name}")
                 if found.problems:
@@ -439,7 +439,7 @@ def new_evaluation() -> None:
                         passages = evalset.knowledge_passages(store.open(kb_name))
                         items = evalset.generate_questions(model, passages, int(count))
                     except StudioError as error:
-                        st.error(common.shown(error), icon=":material/error:")
+                        st.error(common.markdown_escape(error), icon=":material/error:")
                         items = None
                 if items == []:
                     st.warning(
@@ -461,13 +461,13 @@ def new_evaluation() -> None:
             try:
                 items = evalset.held_out_items(settings, adapter_id)
             except StudioError as error:
-                st.error(common.shown(error), icon=":material/error:")
+                st.error(common.markdown_escape(error), icon=":material/error:")
             else:
                 set_items(items, f"held-out examples of {by_adapter[adapter_id].name}")
                 st.rerun()
 
     for problem in st.session_state.get("eval_problems") or []:
-        st.warning(f"Skipped: {markdown_escape(str(problem))}", icon=":material/warning:")
+        st.warning(f"Skipped: {markdown_escape(problem)}", icon=":material/warning:")
     rows = st.session_state["eval_items"]
     if not rows:
         st.caption("The questions appear here, to check and edit before the run.")
@@ -544,7 +544,7 @@ def new_evaluation() -> None:
                 name=st.session_state["eval_name"].strip(),
             )
         except StudioError as error:
-            st.error(common.shown(error), icon=":material/error:")
+            st.error(common.markdown_escape(error), icon=":material/error:")
             return
         start(shown)
 

@@ -152,7 +152,7 @@ def show_run(run_id: str) -> None:
             try:
                 jobs.resume(settings, run_id)
             except StudioError as error:
-                st.error(common.shown(error))
+                st.error(common.markdown_escape(error))
             else:
                 st.rerun()
     if not run.active and st.session_state.get("ft_watching") == run_id:
@@ -394,7 +394,7 @@ def new_run() -> None:
                 system_prompt=system_prompt,
             )
         except StudioError as error:
-            st.error(common.shown(error), icon=":material/error:")
+            st.error(common.markdown_escape(error), icon=":material/error:")
         else:
             st.session_state["ft_run_id"] = run.run_id
             st.rerun()
@@ -442,7 +442,7 @@ def try_it(choices: list[adapters.AdapterInfo]) -> None:
             common.sampling_params(),
         )
     except StudioError as error:
-        st.error(common.shown(error), icon=":material/error:")
+        st.error(common.markdown_escape(error), icon=":material/error:")
         return
     columns = st.columns(2, border=True)
     slots = []
@@ -487,7 +487,7 @@ def adapter_card(adapter: adapters.AdapterInfo) -> None:
                 try:
                     adapters.rename(settings, key, new_name)
                 except StudioError as error:
-                    st.error(common.shown(error))
+                    st.error(common.markdown_escape(error))
                 else:
                     st.rerun()
         download.download_button(
@@ -537,7 +537,7 @@ if unfinished:
                 try:
                     jobs.resume(settings, run.run_id)
                 except StudioError as error:
-                    st.error(common.shown(error))
+                    st.error(common.markdown_escape(error))
                 else:
                     st.session_state["ft_run_id"] = run.run_id
                     st.rerun()

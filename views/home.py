@@ -96,19 +96,21 @@ with base:
     st.markdown("**Chat model**")
     try:
         source = models.describe_model(settings.base_model, settings)
-        st.markdown(f"{common.shown(source.display_name)}  \n:gray[{common.shown(source.note)}]")
+        name, note = (common.markdown_escape(t) for t in (source.display_name, source.note))
+        st.markdown(f"{name}  \n:gray[{note}]")
         st.markdown(
             f"Runs on: {common.device_text(settings)}, {common.dtype_text(settings)} weights"
         )
     except StudioError as error:
-        st.error(common.shown(error), icon=":material/error:")
+        st.error(common.markdown_escape(error), icon=":material/error:")
 with embedding:
     st.markdown("**Search model** (turns passages into vectors)")
     try:
         source = models.describe_model(settings.embedding_model, settings)
-        st.markdown(f"{common.shown(source.display_name)}  \n:gray[{common.shown(source.note)}]")
+        name, note = (common.markdown_escape(t) for t in (source.display_name, source.note))
+        st.markdown(f"{name}  \n:gray[{note}]")
     except StudioError as error:
-        st.error(common.shown(error), icon=":material/error:")
+        st.error(common.markdown_escape(error), icon=":material/error:")
 knowledge_bases = knowledge_base_names(settings)
 where = (
     f"a Chroma server at {settings.chroma_host}:{settings.chroma_port}"

@@ -34,7 +34,7 @@ def create_form(key: str) -> None:
         try:
             created = store.create(name)
         except StudioError as error:
-            st.error(common.shown(error))
+            st.error(common.markdown_escape(error))
         else:
             # Chosen on the next run: the picker may already be on screen in this one.
             st.session_state["kb_select_next"] = created.name
@@ -84,7 +84,7 @@ else:
 try:
     kb = store.open(selected)
 except StudioError as error:
-    st.error(common.shown(error), icon=":material/error:")
+    st.error(common.markdown_escape(error), icon=":material/error:")
     st.stop()
 
 chunking = ChunkSettings(
@@ -157,12 +157,9 @@ def add_documents() -> None:
         st.rerun()
 
     for status_name, file_name, message in st.session_state["kb_results"]:
-        if status_name == "failed":
-            shown = f"**{markdown_escape(file_name)}**: {markdown_escape(message)}"
-            st.error(shown, icon=ICONS["failed"])
-        else:
-            shown = f"**{markdown_escape(file_name)}**: {markdown_escape(message)}"
-            st.success(shown, icon=ICONS[status_name])
+        shown = f"**{markdown_escape(file_name)}**: {markdown_escape(message)}"
+        alert = st.error if status_name == "failed" else st.success
+        alert(shown, icon=ICONS[status_name])
 
 
 if not read_only:

@@ -131,7 +131,7 @@ with export_tab:
                     )
                     status.update(label="Demo file ready", state="complete", expanded=False)
             except StudioError as error:
-                st.error(common.shown(error), icon=":material/error:")
+                st.error(common.markdown_escape(error), icon=":material/error:")
             else:
                 st.session_state["share_bundle"] = str(target)
         built = st.session_state.get("share_bundle")
@@ -171,7 +171,7 @@ with import_tab:
                 bundle = read_bundle(upload.getvalue(), settings.max_bundle_mb * 1_000_000)
                 plan = share.plan_import(settings, bundle)
         except StudioError as error:
-            st.error(common.shown(error), icon=":material/gpp_bad:")
+            st.error(common.markdown_escape(error), icon=":material/gpp_bad:")
         else:
             manifest = bundle.manifest
             made = datetime.fromtimestamp(manifest.created).strftime("%d %b %Y")
@@ -225,7 +225,7 @@ with import_tab:
                         )
                         status.update(label="Imported", state="complete", expanded=False)
                 except StudioError as error:
-                    st.error(common.shown(error), icon=":material/error:")
+                    st.error(common.markdown_escape(error), icon=":material/error:")
                 else:
                     st.session_state["share_upload_round"] += 1
                     st.session_state["share_imported"] = result

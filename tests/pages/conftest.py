@@ -18,7 +18,8 @@ APP = str(Path(__file__).resolve().parents[2] / "app.py")
 
 
 def texts(elements) -> str:  # type: ignore[no-untyped-def]
-    """The elements' texts as a reader sees them: Markdown escapes (views.common.shown) undone."""
+    """The elements' texts as a reader sees them: the escapes of views.common.markdown_escape
+    undone."""
     return re.sub(r"\\(.)", r"\1", " ".join(str(e.value) for e in elements))
 
 
