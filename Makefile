@@ -35,8 +35,8 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Known vulnerabilities in the versions we pin (SECURITY.md); pins the service cannot be asked
-# about are listed, not failed.
+# Known vulnerabilities in the versions we pin (SECURITY.md); a pin the service cannot be asked
+# about fails unless scripts/audit-allow.toml allows it, with a reason, until a date.
 audit: install
 	$(BIN)/python scripts/audit.py constraints.txt "$(TORCH_SPEC)"
 

@@ -323,7 +323,8 @@ def ingest(
     total = max(len(files), 1)
     # Read and split the next file while this one is embedded (reading PDFs runs in a child
     # process, so it uses the other core).
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-read") as reader:
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-read")
+    try:
         futures: list[Future[_Prepared]] = [
             reader.submit(_prepare, kb, upload, chunking) for upload in files[:2]
         ]
@@ -335,6 +336,8 @@ def ingest(
             yield IngestEvent(name, "started", f"Reading {name}", done)
             prepared = futures[position].result()
             yield from _add_one(kb, prepared, done, 1 / total)
+    finally:  # stopped early (cancelled): files not yet being read are never read
+        reader.shutdown(wait=True, cancel_futures=True)
     yield IngestEvent("", "progress", "Done", 1.0)
 
 
@@ -375,9 +378,11 @@ def _add_one(
                 f"Embedding {name}: {written} of {count} passages",
                 done + share * written / count,
             )
+    except GeneratorExit:  # abandoned (cancelled): an original nobody lists goes too
+        _forget_original(kb, prepared)
+        raise
     except Exception as error:  # storage failed (disk full, server gone): report, carry on
-        if not kb.catalog.with_content(prepared.content_hash):  # its original is nobody's now
-            kb.stored_file(prepared.content_hash, prepared.file_type).unlink(missing_ok=True)
+        _forget_original(kb, prepared)
         reason = (
             "The disk is full: free some space, then add this file again. Nothing else changed."
             if is_disk_full(error)
@@ -395,6 +400,11 @@ def _add_one(
         message = f"Added {_plural(count, 'passage')}{pages}."
         status = "added"
     yield IngestEvent(name, status, message, done + share, count, prepared.pages)
+
+
+def _forget_original(kb: KnowledgeBase, prepared: _Prepared) -> None:
+    if not kb.catalog.with_content(prepared.content_hash):  # its original is nobody's now
+        kb.stored_file(prepared.content_hash, prepared.file_type).unlink(missing_ok=True)
 
 
 def _plural(count: int, noun: str) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 import streamlit as st
 
-from core import knowledge, models, share
+from core import adding, knowledge, models, share
 from core.arena import MODES
 from core.errors import StudioError
 from core.generate import ChatModel, ChatStream, HFChatModel, SamplingParams
@@ -176,7 +176,9 @@ def init_state(settings: Settings) -> None:
         "kb_chunk_overlap": settings.chunk_overlap,
         "kb_top_k": settings.top_k,
         "kb_upload_round": 0,  # bumped after an upload, which gives the uploader a fresh key
-        "kb_results": [],
+        "kb_seen_jobs": [],  # document jobs this session started or watched: their outcome shows
+        "kb_hidden_jobs": [],  # document jobs whose outcome this session put away
+        "kb_watching": False,  # a document job was running at the last look
         "ft_data": None,  # {"name", "data", "source"} of the dataset being prepared
         "ft_upload_round": 0,
         "ft_preset": "quick",
@@ -315,6 +317,7 @@ def knowledge_store(settings: Settings) -> KnowledgeStore:
         st.error(markdown_escape(error), icon=":material/error:")
         st.stop()
     _repair_knowledge(store)
+    adding.resume(store)  # documents a stopped studio was adding: picked up again here
     return store
 
 

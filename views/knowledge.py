@@ -1,12 +1,15 @@
 """Knowledge base: documents the model can look things up in, and a preview of what it finds."""
 
+import time
 from datetime import datetime
 
 import streamlit as st
 
+from core import adding
 from core.errors import StudioError
-from core.ingest import FILE_TYPES, ChunkSettings, UploadedFile, ingest, recover
+from core.ingest import FILE_TYPES, ChunkSettings, UploadedFile, recover
 from core.retrieve import search
+from core.train import short_duration
 from views import common
 from views.common import markdown_escape
 
@@ -16,7 +19,13 @@ ICONS = {
     "redone": ":material/restart_alt:",
     "skipped": ":material/skip_next:",
     "failed": ":material/error:",
+    "cancelled": ":material/block:",
 }
+WAITING_ICONS = {"waiting": ":material/schedule:", "reading": ":material/progress_activity:"}
+RECENT_S = 900
+KEPT = ("added", "replaced", "redone", "skipped")
+ALERTS = {"failed": st.error, "cancelled": st.warning}
+WAITING_TEXTS = {"waiting": "waiting", "reading": "being read and added…"}
 
 settings = common.get_settings()
 st.title("Knowledge base")
@@ -66,7 +75,15 @@ def delete_form() -> None:
     st.warning(f"This deletes '{name}' with all its documents and passages.")
     # The confirmation belongs to this knowledge base: ticking it never carries over to another.
     sure = st.checkbox(f"Yes, delete '{name}'", key=f"kb_delete_confirm_{selected}")
-    if st.button("Delete knowledge base", key="kb_delete", disabled=not sure, type="primary"):
+    adding_now = adding.busy(settings, selected)
+    if adding_now:
+        st.caption("Documents are being added to it: wait for them, or cancel the adding first.")
+    if st.button(
+        "Delete knowledge base",
+        key="kb_delete",
+        disabled=not sure or adding_now,
+        type="primary",
+    ):
         store.delete(selected)
         st.session_state.pop("kb_selected", None)
         st.toast(f"Deleted the knowledge base '{name}'.", icon=":material/delete:")
@@ -91,7 +108,8 @@ chunking = ChunkSettings(
     int(st.session_state["kb_chunk_size"]), int(st.session_state["kb_chunk_overlap"])
 )
 recovered = []
-if kb.catalog.documents(status="pending"):  # left by a run that stopped, or one still adding
+# Left by a run that stopped; a document job running now finishes its own.
+if kb.catalog.documents(status="pending") and not adding.busy(settings, kb.name):
     with st.spinner("Finishing documents that an interrupted run left half-added…"):
         recovered = recover(kb, chunking)
 for event in recovered:
@@ -138,32 +156,97 @@ def add_documents() -> None:
         icon=":material/upload:",
     ):
         files = [UploadedFile(upload.name, upload.getvalue()) for upload in uploads or []]
-        results = []
-        with st.status(f"Adding {len(files)} file(s)…", expanded=True) as status:
-            bar = st.progress(0.0)
-            for event in ingest(kb, files, chunking):
-                bar.progress(min(event.fraction, 1.0), text=markdown_escape(event.message))
-                if event.status in ICONS:
-                    results.append((event.status, event.file_name, event.message))
-                    shown = markdown_escape(event.file_name)
-                    st.markdown(
-                        f"{ICONS[event.status]} **{shown}**: {markdown_escape(event.message)}"
-                    )
-            failed = sum(1 for r in results if r[0] == "failed")
-            label = f"Done: {len(results) - failed} of {len(results)} file(s) in the knowledge base"
-            status.update(label=label, state="error" if failed == len(results) else "complete")
-        st.session_state["kb_results"] = results
-        st.session_state["kb_upload_round"] += 1  # a fresh, empty uploader; results stay on screen
-        st.rerun()
+        try:
+            job = adding.start(store, kb.name, files, chunking)
+        except StudioError as error:
+            st.error(markdown_escape(error), icon=":material/error:")
+        else:
+            earlier = [old.id for old in adding.jobs_for(settings, kb.name) if not old.active]
+            st.session_state["kb_hidden_jobs"] += earlier  # its outcome replaces earlier ones
+            st.session_state["kb_seen_jobs"].append(job.id)
+            st.session_state["kb_upload_round"] += 1  # a fresh, empty uploader
+            st.rerun()
 
-    for status_name, file_name, message in st.session_state["kb_results"]:
-        shown = f"**{markdown_escape(file_name)}**: {markdown_escape(message)}"
-        alert = st.error if status_name == "failed" else st.success
-        alert(shown, icon=ICONS[status_name])
 
+def file_line(entry: adding.FileEntry) -> str:
+    icon = ICONS.get(entry.state, WAITING_ICONS.get(entry.state, ""))
+    message = entry.message or WAITING_TEXTS.get(entry.state, "")
+    return f"{icon} **{markdown_escape(entry.name)}**: {markdown_escape(message)}"
+
+
+def show_running(job: adding.AddJob) -> None:
+    """A job still adding: progress, an estimate of the time left, each file, and Cancel."""
+    with st.container(border=True):
+        done = job.finished_files
+        st.markdown(
+            f"**Adding {len(job.files)} file(s)** · {done} of {len(job.files)} done"
+            + (" · picked up again after a restart" if job.resumed else "")
+        )
+        spent = time.time() - job.created
+        left = ""
+        if 0.05 < job.fraction < 1.0:
+            left = f" · about {short_duration(spent * (1 - job.fraction) / job.fraction)} left"
+        text = markdown_escape(job.message) + left if job.state == "adding" else job.message
+        st.progress(job.fraction, text=text)
+        for entry in job.files:
+            st.markdown(file_line(entry))
+        if adding.cancel_asked(settings, job.id):
+            st.caption("Cancelling: the file being added now is taken back out…")
+        elif st.button("Cancel adding", key=f"kb_cancel_{job.id}", icon=":material/stop_circle:"):
+            adding.cancel(settings, job.id)
+            st.rerun(scope="fragment")
+
+
+def show_finished(job: adding.AddJob) -> None:
+    """A job that ended: every file with its outcome, until this session hides it."""
+    total = len(job.files)
+    kept = sum(1 for entry in job.files if entry.state in KEPT)
+    label = {
+        "done": f"Done: {kept} of {total} file(s) in the knowledge base",
+        "cancelled": f"Cancelled: {kept} of {total} file(s) were added before it stopped",
+        "failed": f"Stopped: {kept} of {total} file(s) in the knowledge base",
+    }[job.state]
+    with st.container(border=True):
+        top, hide = st.columns([5, 1], vertical_alignment="center")
+        top.markdown(f"**{label}**")
+        if hide.button("Hide", key=f"kb_hide_{job.id}", icon=":material/close:", width="stretch"):
+            st.session_state["kb_hidden_jobs"].append(job.id)
+            st.rerun()
+        for entry in job.files:
+            alert = ALERTS.get(entry.state, st.success)
+            shown = f"**{markdown_escape(entry.name)}**: {markdown_escape(entry.message)}"
+            alert(shown, icon=ICONS[entry.state])
+
+
+def show_jobs() -> None:
+    """This knowledge base's document jobs, refreshed every second while one is running; when
+    the last one ends, the whole page runs again to list the new documents."""
+    jobs = adding.jobs_for(settings, kb.name)
+    running = [job for job in jobs if adding.alive(job)]
+    if st.session_state.get("kb_watching") and not running:
+        st.session_state["kb_watching"] = False
+        st.rerun()  # the documents table and the search below see the new documents
+    st.session_state["kb_watching"] = bool(running)
+    for job in running:
+        if job.id not in st.session_state["kb_seen_jobs"]:  # started elsewhere: watched here
+            st.session_state["kb_seen_jobs"].append(job.id)
+        show_running(job)
+
+
+live_jobs = st.fragment(run_every=1.0)(show_jobs)
 
 if not read_only:
     add_documents()
+    for finished in adding.jobs_for(settings, kb.name):
+        if finished.id in st.session_state["kb_hidden_jobs"] or finished.active:
+            continue
+        # Shown to a session that started or watched it; to others (a tab opened again) when
+        # it ended in the last quarter of an hour.
+        recent = (finished.finished or 0) > time.time() - RECENT_S
+        if recent or finished.id in st.session_state["kb_seen_jobs"]:
+            show_finished(finished)
+    if any(adding.alive(job) for job in adding.jobs_for(settings, kb.name)):
+        live_jobs()
 
 # -- documents ----------------------------------------------------------------------------------
 documents = [d for d in kb.documents() if d.status == "complete"]
@@ -193,7 +276,6 @@ else:
             label = st.selectbox("Document", list(by_label), key="kb_doc_to_delete")
             if st.button("Delete document", key="kb_doc_delete", type="primary"):
                 gone = kb.delete_document(by_label[label].doc_id)
-                st.session_state["kb_results"] = []
                 st.toast(f"Deleted {markdown_escape(gone.name)} and its {gone.passages} passages.")
                 st.rerun()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from core import adapters, arena, evaluate, jobs, knowledge, share
+from core import adapters, adding, arena, evaluate, jobs, knowledge, share
 from core.errors import KnowledgeBaseError, StudioError
 from core.ingest import ChunkSettings, UploadedFile, ingest, rebuild, recover
 from core.knowledge import DocumentRecord, KnowledgeStore
@@ -44,7 +44,7 @@ def fingerprint(folder: Path, chroma_by_content: bool = True) -> dict[str, str]:
 
 
 def test_every_entry_point_of_a_read_only_studio_leaves_its_folder_byte_for_byte(
-    settings, fake_embeddings, tmp_path
+    settings, fake_embeddings, tmp_path, monkeypatch
 ) -> None:
     made = fill(settings, fake_embeddings)
     kb = KnowledgeStore(settings, fake_embeddings).open("Harbour")
@@ -54,6 +54,18 @@ def test_every_entry_point_of_a_read_only_studio_leaves_its_folder_byte_for_byte
         DocumentRecord(**{**record.__dict__, "owner": f"{os.uname().nodename}:999999"})
     )
     kb.store.delete(where={"doc_id": record.doc_id})
+    # And documents a stopped studio was adding: a writable studio would pick them up again.
+    with monkeypatch.context() as stopped:
+        stopped.setattr(adding, "_enqueue", lambda store, job_id: None)
+        job = adding.start(
+            KnowledgeStore(settings, fake_embeddings),
+            "Harbour",
+            [UploadedFile("later.txt", b"Added later.")],
+            ChunkSettings(120, 10),
+        )
+    job_file = adding.jobs_dir(settings) / job.id / adding.JOB_FILE
+    dead = f"{os.uname().nodename}:999999"
+    job_file.write_text(job.model_copy(update={"owner": dead}).model_dump_json())
     del kb
     forget_chroma_clients()
     before = fingerprint(settings.data_dir)
@@ -78,6 +90,8 @@ def test_every_entry_point_of_a_read_only_studio_leaves_its_folder_byte_for_byte
         lambda: arena.load(ro, made["conversation"]),
         lambda: arena.leaderboard(ro),
         lambda: jobs.all_runs(ro),
+        lambda: adding.resume(store),
+        lambda: adding.jobs_for(ro, "Harbour"),
     ]
     for read in reads:
         read()
@@ -96,6 +110,7 @@ def test_every_entry_point_of_a_read_only_studio_leaves_its_folder_byte_for_byte
         lambda: evaluate.save(ro, evaluate.load(ro, made["report"])),
         lambda: arena.save(ro, arena.Conversation()),
         lambda: share.import_bundle(ro, store, tmp_path / "none.zip"),
+        lambda: adding.start(store, "Harbour", [UploadedFile("y.txt", b"more")], chunks),
     ]
     for change in changes:
         with pytest.raises(StudioError, match="read-only demo"):

@@ -1,3 +1,5 @@
+from core import adding
+from core.settings import load_settings
 from tests.documents import docx_bytes, pdf_bytes, png_bytes
 from tests.pages.conftest import texts
 from tests.restart import restart_studio
@@ -16,7 +18,15 @@ def upload(at, *files):
     uploader = at.file_uploader[0]
     uploader.set_value([(name, data, "application/octet-stream") for name, data in files]).run()
     at.button(key="kb_add").click().run()
-    return at
+    return finish_adding(at)
+
+
+def finish_adding(at):
+    """The page once the documents it handed to the background have all been added."""
+    settings = load_settings()
+    for job in adding.jobs_for(settings, at.selectbox(key="kb_selected").value):
+        assert not adding.alive(adding.wait(settings, job.id, timeout_s=60)), job
+    return at.run()
 
 
 def test_empty_studio_invites_to_create_a_knowledge_base(open_page, fake_search) -> None:
