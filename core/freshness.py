@@ -23,7 +23,7 @@ from core.arena import MODES
 from core.errors import InvalidInputError
 from core.evalset import EvalItem
 from core.generate import ChatModel
-from core.knowledge import KnowledgeBase, client_for
+from core.knowledge import KnowledgeBase, drop_collection
 from core.metrics import contains
 from core.settings import Settings, check_writable
 
@@ -53,8 +53,8 @@ def _scratch_root(settings: Settings) -> Path:
 
 
 def _drop(settings: Settings, folder: Path) -> None:
-    with contextlib.suppress(Exception):  # already gone, or never created
-        client_for(settings).delete_collection(folder.name)
+    with contextlib.suppress(Exception):  # never created, or the server has gone meanwhile
+        drop_collection(settings, folder.name)
     retrieve.forget(folder.name)
     shutil.rmtree(folder, ignore_errors=True)
 

@@ -15,8 +15,9 @@ import shutil
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -86,34 +87,31 @@ def slug(name: str) -> str:
     return f"kb-{readable}-{digest}"
 
 
-def chroma_client(host: str | None, port: int, path: str, read_only: bool = False) -> Any:
-    """One Chroma client per process and place: the embedded store, or a server. A read-only
-    studio never sets a damaged store aside: it reports it."""
+def chroma_client(path: str, read_only: bool = False) -> Any:
+    """One embedded Chroma client per process and folder. A read-only studio never sets a
+    damaged store aside: it reports it."""
     # One at a time: Chroma registers a new embedded store before starting it, so a second
     # client made meanwhile (two browser sessions opening at once) got a store without its
     # database ("'RustBindingsAPI' object has no attribute 'bindings'").
     with _client_lock:
-        return _chroma_client(host, port, path, read_only)
+        return _chroma_client(path, read_only)
 
 
 _client_lock = threading.Lock()
 
 
-@lru_cache(maxsize=4)
-def _chroma_client(host: str | None, port: int, path: str, read_only: bool) -> Any:
-    import chromadb
+def _options(**values: Any) -> Any:
     from chromadb.config import Settings as ChromaSettings
 
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
-    options = ChromaSettings(anonymized_telemetry=False)
-    if host:
-        try:
-            return chromadb.HttpClient(host=host, port=port, settings=options)
-        except Exception as error:  # the client raises plain Exception when the server is down
-            raise KnowledgeBaseError(
-                f"The Chroma server at {host}:{port} does not answer ({error}). Start it, or "
-                "remove LRS_CHROMA_HOST to keep knowledge bases on this machine."
-            ) from error
+    return ChromaSettings(anonymized_telemetry=False, **values)
+
+
+@lru_cache(maxsize=4)
+def _chroma_client(path: str, read_only: bool) -> Any:
+    import chromadb
+
+    options = _options()
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -147,6 +145,121 @@ def _chroma_client(host: str | None, port: int, path: str, read_only: bool) -> A
 _DAMAGED = re.compile(r"not a database|malformed|code: (11|26)\b|no such table", re.IGNORECASE)
 # Chroma folders found damaged in this process, and where each was set aside.
 set_aside: dict[str, Path] = {}
+_REFUSED = re.compile(r"unauthori[sz]ed|forbidden|\b40[13]\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ChromaServer:
+    """Where and how to reach a Chroma server, and the namespace the studio uses on it."""
+
+    host: str
+    port: int
+    ssl: bool
+    ssl_ca: str | None
+    tenant: str
+    database: str
+    headers: tuple[tuple[str, str], ...] = field(repr=False)  # secrets: never shown
+
+    @property
+    def address(self) -> str:
+        return f"{'https' if self.ssl else 'http'}://{self.host}:{self.port}"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ChromaServer:
+        headers = {
+            name: value.get_secret_value() for name, value in settings.chroma_headers.items()
+        }
+        if settings.chroma_token is not None:
+            token = settings.chroma_token.get_secret_value()
+            header = settings.chroma_token_header
+            headers[header] = token if header == "X-Chroma-Token" else f"Bearer {token}"
+        return cls(
+            host=settings.chroma_host or "",
+            port=settings.chroma_port,
+            ssl=settings.chroma_ssl,
+            ssl_ca=str(settings.chroma_ssl_ca) if settings.chroma_ssl_ca else None,
+            tenant=settings.chroma_tenant,
+            database=settings.chroma_database or f"studio-{studio_id(settings)}",
+            headers=tuple(sorted(headers.items())),
+        )
+
+
+def server_client(server: ChromaServer, read_only: bool = False) -> Any:
+    """One client per process and server namespace; the tenant and database are created when
+    missing (not by a read-only studio: it only reads)."""
+    with _client_lock:
+        return _server_client(server, read_only)
+
+
+@lru_cache(maxsize=4)
+def _server_client(server: ChromaServer, read_only: bool) -> Any:
+    import chromadb
+    from chromadb.errors import NotFoundError
+
+    headers = dict(server.headers)
+    try:
+        if not read_only:
+            admin = chromadb.AdminClient(
+                _options(
+                    chroma_api_impl="chromadb.api.fastapi.FastAPI",
+                    chroma_server_host=server.host,
+                    chroma_server_http_port=server.port,
+                    chroma_server_ssl_enabled=server.ssl,
+                    chroma_server_headers=headers,
+                    chroma_server_ssl_verify=server.ssl_ca,
+                )
+            )
+            _ensure(
+                lambda: admin.get_tenant(server.tenant),
+                lambda: admin.create_tenant(server.tenant),
+            )
+            _ensure(
+                lambda: admin.get_database(server.database, server.tenant),
+                lambda: admin.create_database(server.database, server.tenant),
+            )
+        return chromadb.HttpClient(
+            host=server.host,
+            port=server.port,
+            ssl=server.ssl,
+            headers=headers,
+            settings=_options(chroma_server_ssl_verify=server.ssl_ca),
+            tenant=server.tenant,
+            database=server.database,
+        )
+    except NotFoundError:
+        raise KnowledgeBaseError(
+            f"The Chroma server at {server.address} has no database '{server.database}' in the "
+            f"tenant '{server.tenant}', and a read-only studio does not create one: set "
+            "LRS_CHROMA_TENANT and LRS_CHROMA_DATABASE to where the demo's knowledge is."
+        ) from None
+    except Exception as error:  # the client raises plain Exception or ValueError for HTTP errors
+        if _REFUSED.search(str(error)):
+            raise KnowledgeBaseError(
+                f"The Chroma server at {server.address} refused the studio: its token is "
+                "missing or wrong. Set LRS_CHROMA_TOKEN (and LRS_CHROMA_TOKEN_HEADER if the "
+                "server expects X-Chroma-Token)."
+            ) from None
+        raise KnowledgeBaseError(
+            f"The Chroma server at {server.address} does not answer "
+            f"({_without_secrets(str(error), server)}). Start it, or remove LRS_CHROMA_HOST to "
+            "keep knowledge bases on this machine."
+        ) from None
+
+
+def _ensure(exists: Any, create: Any) -> None:
+    from chromadb.errors import NotFoundError
+
+    try:
+        exists()
+    except NotFoundError:
+        with contextlib.suppress(Exception):  # made meanwhile by another studio process
+            create()
+
+
+def _without_secrets(text: str, server: ChromaServer) -> str:
+    for _, value in server.headers:
+        text = text.replace(value, "***")
+    return text[:300]
 
 
 def chroma_path(settings: Settings) -> str:
@@ -155,9 +268,59 @@ def chroma_path(settings: Settings) -> str:
 
 
 def client_for(settings: Settings) -> Any:
-    return chroma_client(
-        settings.chroma_host, settings.chroma_port, chroma_path(settings), settings.read_only
-    )
+    if settings.chroma_host:
+        return server_client(ChromaServer.from_settings(settings), settings.read_only)
+    return chroma_client(chroma_path(settings), settings.read_only)
+
+
+STUDIO_ID_FILE = "studio-id"
+
+
+def studio_id(settings: Settings) -> str:
+    """This studio's identity, kept in its data folder (several processes on one folder are one
+    studio): it names the studio's Chroma database and marks every collection it makes."""
+    path = settings.data_dir / STUDIO_ID_FILE
+    with contextlib.suppress(OSError):
+        found = path.read_text().strip()
+        if re.fullmatch(r"[0-9a-z]{12,64}", found):
+            return found
+    if settings.read_only:  # writes nothing: an identity from where its data lies
+        return hashlib.sha256(str(settings.data_dir.resolve()).encode()).hexdigest()[:16]
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    made = uuid.uuid4().hex[:16]
+    partial = path.with_name(f".{STUDIO_ID_FILE}.{made}")
+    partial.write_text(made)
+    try:
+        os.link(partial, path)  # the first process to get here names the studio for all
+    except FileExistsError:
+        pass
+    finally:
+        partial.unlink(missing_ok=True)
+    return path.read_text().strip()
+
+
+def check_owner(collection: Any, settings: Settings) -> None:
+    """Refuse a collection another studio made (its metadata names that studio)."""
+    owner = (collection.metadata or {}).get("studio_id")
+    if owner is not None and owner != studio_id(settings):
+        raise KnowledgeBaseError(
+            f"The Chroma server already holds a collection '{collection.name}' that another "
+            "studio made, so this studio leaves it alone. Give each studio a database of its "
+            "own (leave LRS_CHROMA_DATABASE empty, or set a different one)."
+        )
+
+
+def drop_collection(settings: Settings, name: str) -> None:
+    """Delete this studio's collection `name`; one that is missing, or another studio's, stays."""
+    from chromadb.errors import NotFoundError
+
+    client = client_for(settings)
+    try:
+        collection = client.get_collection(name)
+    except NotFoundError:
+        return  # no passages were ever added: nothing to drop
+    check_owner(collection, settings)
+    client.delete_collection(name)
 
 
 class Catalog:
@@ -256,8 +419,13 @@ class KnowledgeBase:
             collection_name=self.collection_name,
             embedding_function=embeddings,
             client=client_for(settings),
-            collection_metadata={"hnsw:space": "cosine", "studio_name": name},
+            collection_metadata={
+                "hnsw:space": "cosine",
+                "studio_name": name,
+                "studio_id": studio_id(settings),
+            },
         )
+        check_owner(self.store._collection, settings)
 
     @property
     def files_dir(self) -> Path:
@@ -375,14 +543,18 @@ class KnowledgeStore:
         if (folder / "catalog.sqlite").exists():
             raise KnowledgeBaseError(f"A knowledge base called '{name}' already exists.")
         folder.mkdir(parents=True, exist_ok=True)
-        catalog = Catalog(folder / "catalog.sqlite")
-        catalog.set_meta(
-            name=name,
-            embedding_model=self.settings.embedding_model,
-            created=str(time.time()),
-            revision="0",
-        )
-        return KnowledgeBase(self.settings, name, folder, self.embeddings)
+        try:
+            catalog = Catalog(folder / "catalog.sqlite")
+            catalog.set_meta(
+                name=name,
+                embedding_model=self.settings.embedding_model,
+                created=str(time.time()),
+                revision="0",
+            )
+            return KnowledgeBase(self.settings, name, folder, self.embeddings)
+        except BaseException:  # the server is down, or the name is another studio's there
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
 
     def open(self, name: str) -> KnowledgeBase:
         folder = self._folder(name)
@@ -404,10 +576,7 @@ class KnowledgeStore:
         folder = self._folder(name)
         if not (folder / "catalog.sqlite").exists():
             raise KnowledgeBaseError(f"There is no knowledge base called '{name}'.")
-        from chromadb.errors import NotFoundError
-
-        with contextlib.suppress(NotFoundError):  # no passages were ever added: nothing to drop
-            client_for(self.settings).delete_collection(folder.name)
+        drop_collection(self.settings, folder.name)
         shutil.rmtree(folder)
 
     def rename(self, old: str, new: str) -> None:
@@ -424,7 +593,9 @@ class KnowledgeStore:
         from core.retrieve import forget
 
         with contextlib.suppress(NotFoundError):  # no passages were ever added: nothing to move
-            client_for(self.settings).get_collection(source.name).modify(name=target.name)
+            collection = client_for(self.settings).get_collection(source.name)
+            check_owner(collection, self.settings)
+            collection.modify(name=target.name)
         source.rename(target)
         Catalog(target / "catalog.sqlite").set_meta(name=new)
         forget(source.name)

@@ -87,6 +87,46 @@ class Settings(BaseSettings):
         "are stored on this machine, in the data folder.",
     )
     chroma_port: int = Field(8000, ge=1, le=65535, description="Port of that Chroma server.")
+    chroma_ssl: bool = Field(
+        False, description="Talk to the Chroma server over TLS (https), checking its certificate."
+    )
+    chroma_ssl_ca: Path | None = Field(
+        None,
+        description="A certificate file (PEM) to check the Chroma server's certificate with, "
+        "for a server whose certificate no public authority signed. Empty: the system's.",
+    )
+    chroma_tenant: str = Field(
+        "default_tenant",
+        min_length=3,
+        max_length=63,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="The Chroma tenant the studio keeps its knowledge bases in (created when "
+        "missing).",
+    )
+    chroma_database: str | None = Field(
+        None,
+        min_length=3,
+        max_length=63,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="The Chroma database the studio keeps its knowledge bases in (created when "
+        "missing). Empty: one of this studio's own, named after its data folder's studio id, "
+        "so that two studios on one server never share a knowledge base.",
+    )
+    chroma_token: SecretStr | None = Field(
+        None,
+        description="The token the Chroma server (or the proxy in front of it) expects. It is "
+        "sent with every request and never shown, logged or exported.",
+    )
+    chroma_token_header: Literal["Authorization", "X-Chroma-Token"] = Field(
+        "Authorization",
+        description="How the token is sent: 'Authorization' (as 'Bearer <token>') or "
+        "'X-Chroma-Token'.",
+    )
+    chroma_headers: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='More HTTP headers for every Chroma request, as JSON: {"Name": "value"}. '
+        "Their values are treated as secrets.",
+    )
     chunk_size: int = Field(
         800,
         ge=100,

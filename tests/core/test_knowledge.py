@@ -90,7 +90,7 @@ def test_sessions_opening_the_store_at_the_same_moment_all_get_a_working_client(
     from core.knowledge import chroma_client
 
     def open_store(_: int) -> list:
-        return chroma_client(None, 0, str(tmp_path / "chroma")).list_collections()
+        return chroma_client(str(tmp_path / "chroma")).list_collections()
 
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(open_store, range(8))) == [[]] * 8

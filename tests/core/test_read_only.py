@@ -29,7 +29,7 @@ def fingerprint(folder: Path, chroma_by_content: bool = True) -> dict[str, str]:
     }
     if not chroma_by_content:
         return found
-    client = knowledge.chroma_client(None, 0, str(folder / "chroma"), read_only=True)
+    client = knowledge.chroma_client(str(folder / "chroma"), read_only=True)
     for collection in client.list_collections():
         held = collection.get(include=["documents", "metadatas", "embeddings"])
         rows = sorted(

@@ -16,7 +16,7 @@ from core import adapters, arena, evaluate, jobs, models, share
 from core.bundle import FORMAT_VERSION, MANIFEST, BundleError, read_bundle, write_zip
 from core.errors import ReadOnlyError
 from core.ingest import ChunkSettings, UploadedFile, ingest
-from core.knowledge import KnowledgeStore
+from core.knowledge import KnowledgeStore, studio_id
 from core.retrieve import search
 from core.settings import Settings
 from tests.sharing import HANDBOOK, RULES, fill
@@ -128,6 +128,7 @@ def test_a_failed_import_leaves_nothing_behind(
     bundle = export(settings, knowledge, studio, tmp_path / "demo.zip")
     elsewhere, store = other_studio(settings, tmp_path, fake_embeddings)
     store.names()  # the empty studio, as it is before the import
+    studio_id(elsewhere)  # with its identity, made at its first knowledge base
     before = everything_under(elsewhere.data_dir)
 
     def disk_full(*args, **kwargs):  # type: ignore[no-untyped-def]
