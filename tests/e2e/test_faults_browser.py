@@ -75,7 +75,7 @@ def test_a_server_killed_while_adding_documents_leaves_no_half_document(
         # The restarted studio picks the adding up again from the stored uploads: the one it was
         # at is redone from its stored original, the one after it is added.
         page.get_by_text("Done: 3 of 3 file(s) in the knowledge base").wait_for(timeout=180_000)
-        page.get_by_text(re.compile(r"Added after the restart: \d+ passages")).wait_for()
+        page.get_by_text(re.compile(r"Added after the restart: \d+ passages")).first.wait_for()
         page.get_by_text("Documents (3)").wait_for(timeout=60_000)
         page.get_by_test_id("stDataFrame").first.wait_for(timeout=60_000)
         screenshot(page, "81-faults-restarted")

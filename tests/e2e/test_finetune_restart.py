@@ -2,11 +2,13 @@
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
 
 from core import jobs, runs
+from core.knowledge import process_alive
 from core.settings import Settings
 from tests.e2e.conftest import (
     STOP_WITHIN_S,
@@ -48,6 +50,7 @@ def test_a_restarted_studio_shows_the_run_still_training(
     run = jobs.active_run(settings)
     assert run is not None, "the worker must outlive the server"
     second, url = start_studio(data_dir, tmp_path / "second.log", **environment)
+    cancelled = False
     try:
         page.goto(f"{url}/finetune")
         page.get_by_role("heading", name="Training", exact=True).wait_for(timeout=60_000)
@@ -57,9 +60,15 @@ def test_a_restarted_studio_shows_the_run_still_training(
         screenshot(page, "23-finetune-after-restart")
         page.get_by_role("button", name="Cancel training").click()
         page.get_by_text("Cancelled").first.wait_for(timeout=60_000)
+        cancelled = True
         assert page.get_by_test_id("stException").count() == 0
     finally:
+        # A cancelled worker says so, then exits: wait for it (bounded), kill it if it does not.
         pid = runs.read_status(run.folder).get("pid")
-        if jobs.read(run.folder).active and pid:
-            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while pid and process_alive(f"{os.uname().nodename}:{pid}"):
+            if time.monotonic() > deadline or (jobs.read(run.folder).active and not cancelled):
+                os.kill(pid, signal.SIGKILL)
+                break
+            time.sleep(0.2)
         assert stop_studio(second) < STOP_WITHIN_S
