@@ -116,3 +116,42 @@ def test_hostile_questions_and_references_are_shown_literally_in_an_evaluation(
     assert sum("evil" in s for s in strings) >= 3  # the name, the question, its answers
     assert any(s.startswith("It is") for s in strings)
     assert unsafe(strings, "It is") == []
+
+
+def test_a_hostile_bundle_is_shown_literally_when_imported_and_opened(
+    open_page, fake_model, fake_search, tmp_path
+) -> None:
+    """Names and words inside a stranger's demo bundle: its adapter, report and conversation."""
+    from core import adapters, arena, evaluate, share
+    from core.knowledge import KnowledgeStore
+    from tests.sharing import fill
+
+    source = load_settings(data_dir=tmp_path / "elsewhere")
+    made = fill(source, fake_search)
+    adapters.rename(source, made["run_id"], HOSTILE)
+    report = evaluate.load(source, made["report"])
+    report.name, report.results[0].question = HOSTILE, f"What is {HOSTILE}?"
+    evaluate.save(source, report)
+    conversation = arena.load(source, made["conversation"])
+    conversation.exchanges[0].question = f"Tell me {HOSTILE}"
+    arena.save(source, conversation)
+    store = KnowledgeStore(source, fake_search)
+    choice = share.ExportChoice(
+        knowledge_bases=store.names(),
+        adapters=[made["run_id"]],
+        evaluations=[made["report"]],
+        conversations=[made["conversation"]],
+    )
+    bundle = share.export_bundle(source, store, choice, tmp_path / "demo.zip")
+
+    at = open_page("views/share.py")
+    at.file_uploader[0].set_value([("demo.zip", bundle.read_bytes(), "application/zip")]).run()
+    assert not at.exception
+    preview = rendered(at)
+    at.button(key="share_import").click().run()
+    assert not at.exception
+    at_evaluate = open_page("views/evaluate.py")
+    assert not at_evaluate.exception
+    strings = [*preview, *rendered(at), *rendered(at_evaluate)]
+    assert sum("evil" in s for s in strings) >= 2  # the adapter in the plan, the report's name
+    assert [s for s in strings if "evil" in s and ACTIVE.search(s)] == []
