@@ -18,6 +18,7 @@ from tests.e2e.conftest import (
     STOP_WITHIN_S,
     export_demo,
     screenshot,
+    settle,
     start_studio,
     stop_studio,
     training_step,
@@ -122,6 +123,7 @@ def test_the_whole_journey_of_a_new_user(page, fresh_real_data_dir, tmp_path: Pa
         box.fill(QUESTION)
         box.press("Enter")
         page.get_by_text("Download JSON").wait_for(timeout=180_000)
+        settle(page)  # the run that shows every column has ended (the button comes first)
         for title in ["Base model", "Fine-tuned (LoRA)", "RAG", "Fine-tuned + RAG"]:
             assert page.get_by_text(title, exact=True).count() >= 1
         assert page.get_by_text(re.compile(r"^Sources \(\d\)$")).count() == 2
@@ -164,6 +166,7 @@ def test_the_whole_journey_of_a_new_user(page, fresh_real_data_dir, tmp_path: Pa
         box.fill(QUESTION)
         box.press("Enter")
         page.get_by_text("Download JSON").wait_for(timeout=180_000)
+        settle(page)  # the run that shows every column has ended (the button comes first)
         rag = page.get_by_test_id("stColumn").filter(has=page.get_by_text("RAG", exact=True)).last
         assert "BLUE-HARBOR-42" in rag.inner_text()
         assert page.get_by_text(re.compile(r"^Sources \(\d\)$")).count() == 2

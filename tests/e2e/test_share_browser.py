@@ -14,7 +14,14 @@ from core.knowledge import KnowledgeStore
 from core.settings import Settings
 from core.train import TrainConfig
 from tests.documents import pdf_bytes
-from tests.e2e.conftest import STOP_WITHIN_S, export_demo, screenshot, start_studio, stop_studio
+from tests.e2e.conftest import (
+    STOP_WITHIN_S,
+    export_demo,
+    screenshot,
+    settle,
+    start_studio,
+    stop_studio,
+)
 from tests.training import alpaca_rows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -129,6 +136,7 @@ def test_export_a_demo_open_it_read_only_and_ask_there(
         box.fill(QUESTION)
         box.press("Enter")
         page.get_by_text("Download JSON").wait_for(timeout=180_000)
+        settle(page)  # the run that shows every column has ended (the button comes first)
         screenshot(page, "43-demo-arena")
         rag = page.get_by_test_id("stColumn").filter(has=page.get_by_text("RAG", exact=True)).last
         assert "BLUE-HARBOR-42" in rag.inner_text()
