@@ -90,10 +90,6 @@ class AddJob(BaseModel):
         return self.state in ACTIVE_STATES
 
     @property
-    def failed(self) -> int:
-        return sum(1 for f in self.files if f.state == "failed")
-
-    @property
     def finished_files(self) -> int:
         return sum(1 for f in self.files if f.state in FINAL_FILE_STATES)
 
@@ -164,9 +160,10 @@ def _work() -> None:
         finally:
             with _lock:
                 _queued.discard(job_id)
+                _cancelled.discard(job_id)
 
 
-def is_queued_here(job_id: str) -> bool:
+def _queued_here(job_id: str) -> bool:
     with _lock:
         return job_id in _queued
 
@@ -176,7 +173,7 @@ def alive(job: AddJob) -> bool:
     if not job.active:
         return False
     if job.owner == this_process():
-        return is_queued_here(job.id)
+        return _queued_here(job.id)
     return process_alive(job.owner)
 
 
@@ -269,15 +266,12 @@ def wait(settings: Settings, job_id: str, timeout_s: float) -> AddJob:
 
 
 # -- the work --------------------------------------------------------------------------------------
-def _cancel_asked(folder: Path, job_id: str) -> bool:
+def cancel_asked(settings: Settings, job_id: str) -> bool:
+    """Whether somebody asked this job to stop (in this process, or any through its folder)."""
     with _lock:
         if job_id in _cancelled:
             return True
-    return (folder / CANCEL_FILE).exists()
-
-
-def cancel_asked(settings: Settings, job_id: str) -> bool:
-    return _cancel_asked(_folder(settings, job_id), job_id)
+    return (_folder(settings, job_id) / CANCEL_FILE).exists()
 
 
 def _finish(folder: Path, job: AddJob, state: JobState, why: str = "") -> None:
@@ -303,7 +297,7 @@ def _run(store: KnowledgeStore, job_id: str) -> None:
     settings = store.settings
     folder = _folder(settings, job_id)
     job = read(settings, job_id)
-    if _cancel_asked(folder, job_id):
+    if cancel_asked(settings, job_id):
         _finish(folder, job, "cancelled", "Not added: adding was cancelled.")
         return
     try:
@@ -346,7 +340,7 @@ def _run(store: KnowledgeStore, job_id: str) -> None:
             if event.status != "progress" or now - saved >= SAVE_EVERY_S:
                 _save(folder, job)
                 saved = now
-            if _cancel_asked(folder, job_id):
+            if cancel_asked(settings, job_id):
                 cancelled = True
                 break
     finally:

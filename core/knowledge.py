@@ -279,14 +279,19 @@ STUDIO_ID_FILE = "studio-id"
 def studio_id(settings: Settings) -> str:
     """This studio's identity, kept in its data folder (several processes on one folder are one
     studio): it names the studio's Chroma database and marks every collection it makes."""
-    path = settings.data_dir / STUDIO_ID_FILE
+    return _studio_id(settings.data_dir, settings.read_only)
+
+
+@lru_cache(maxsize=16)  # read at every opening of a knowledge base: once per folder is enough
+def _studio_id(data_dir: Path, read_only: bool) -> str:
+    path = data_dir / STUDIO_ID_FILE
     with contextlib.suppress(OSError):
         found = path.read_text().strip()
         if re.fullmatch(r"[0-9a-z]{12,64}", found):
             return found
-    if settings.read_only:  # writes nothing: an identity from where its data lies
-        return hashlib.sha256(str(settings.data_dir.resolve()).encode()).hexdigest()[:16]
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if read_only:  # writes nothing: an identity from where its data lies
+        return hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
+    data_dir.mkdir(parents=True, exist_ok=True)
     made = uuid.uuid4().hex[:16]
     partial = path.with_name(f".{STUDIO_ID_FILE}.{made}")
     partial.write_text(made)

@@ -107,9 +107,10 @@ except StudioError as error:
 chunking = ChunkSettings(
     int(st.session_state["kb_chunk_size"]), int(st.session_state["kb_chunk_overlap"])
 )
+jobs = adding.jobs_for(settings, kb.name)  # documents being added, or added lately
 recovered = []
 # Left by a run that stopped; a document job running now finishes its own.
-if kb.catalog.documents(status="pending") and not adding.busy(settings, kb.name):
+if kb.catalog.documents(status="pending") and not any(adding.alive(job) for job in jobs):
     with st.spinner("Finishing documents that an interrupted run left half-added…"):
         recovered = recover(kb, chunking)
 for event in recovered:
@@ -161,7 +162,7 @@ def add_documents() -> None:
         except StudioError as error:
             st.error(markdown_escape(error), icon=":material/error:")
         else:
-            earlier = [old.id for old in adding.jobs_for(settings, kb.name) if not old.active]
+            earlier = [old.id for old in jobs if not old.active]
             st.session_state["kb_hidden_jobs"] += earlier  # its outcome replaces earlier ones
             st.session_state["kb_seen_jobs"].append(job.id)
             st.session_state["kb_upload_round"] += 1  # a fresh, empty uploader
@@ -237,7 +238,7 @@ live_jobs = st.fragment(run_every=1.0)(show_jobs)
 
 if not read_only:
     add_documents()
-    for finished in adding.jobs_for(settings, kb.name):
+    for finished in jobs:
         if finished.id in st.session_state["kb_hidden_jobs"] or finished.active:
             continue
         # Shown to a session that started or watched it; to others (a tab opened again) when
@@ -245,7 +246,7 @@ if not read_only:
         recent = (finished.finished or 0) > time.time() - RECENT_S
         if recent or finished.id in st.session_state["kb_seen_jobs"]:
             show_finished(finished)
-    if any(adding.alive(job) for job in adding.jobs_for(settings, kb.name)):
+    if any(adding.alive(job) for job in jobs):
         live_jobs()
 
 # -- documents ----------------------------------------------------------------------------------
