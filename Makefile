@@ -8,7 +8,7 @@ PORT ?= 8501
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint audit format bench browser clean
+.PHONY: install run test lint typecheck deps audit format bench browser clean
 
 install: $(STAMP)
 
@@ -35,6 +35,14 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The type check of core/ (mypy, settings in pyproject.toml).
+typecheck: install
+	$(BIN)/mypy
+
+# Declared dependencies are exactly the imported ones (deptry, settings in pyproject.toml).
+deps: install
+	$(BIN)/deptry .
+
 # Known vulnerabilities in the versions we pin (SECURITY.md); a pin the service cannot be asked
 # about fails unless scripts/audit-allow.toml allows it, with a reason, until a date.
 audit: install
@@ -44,7 +52,7 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: install browser lint audit
+test: install browser lint typecheck deps audit
 	$(BIN)/python -m pytest
 
 bench: install

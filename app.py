@@ -1,33 +1,44 @@
-"""LoRA-RAG Studio: page setup, navigation and the shared sidebar.
+"""LoRA-RAG Studio: page setup, navigation, the access gate and the shared sidebar.
 
 The pages live in views/, not pages/: a folder named pages/ beside this file makes Streamlit
 start in its legacy multipage mode, and a first visit straight to a page's URL (say /chat) then
-ran that page without this file, so without its setup.
+runs that page without this file: without its setup, its read-only filter and its password gate
+(README, "Why views/ and not pages/"; tests/views/test_layout.py fails if one appears).
 """
 
 from pathlib import Path
 
 import streamlit as st
 
-from views import common
+from views.support import access, resources, state
 
-st.set_page_config(page_title="LoRA-RAG Studio", page_icon=":material/compare:", layout="wide")
-st.logo(str(Path(__file__).parent / "assets" / "logo.svg"), size="large")
-
-settings = common.get_settings()
-pages = [
-    st.Page("views/home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("views/chat.py", title="Chat", icon=":material/chat:"),
-    st.Page("views/knowledge.py", title="Knowledge base", icon=":material/library_books:"),
-    st.Page("views/finetune.py", title="Fine-tune", icon=":material/model_training:"),
-    st.Page("views/arena.py", title="Arena", icon=":material/view_column:"),
-    st.Page("views/evaluate.py", title="Evaluate", icon=":material/fact_check:"),
-    st.Page("views/share.py", title="Share", icon=":material/share:"),
+PAGES = [
+    ("views/home.py", "Home", ":material/home:"),
+    ("views/chat.py", "Chat", ":material/chat:"),
+    ("views/knowledge.py", "Knowledge base", ":material/library_books:"),
+    ("views/finetune.py", "Fine-tune", ":material/model_training:"),
+    ("views/arena.py", "Arena", ":material/view_column:"),
+    ("views/evaluate.py", "Evaluate", ":material/fact_check:"),
+    ("views/share.py", "Share", ":material/share:"),
 ]
-if settings.read_only:  # a demo: training and importing are not offered at all
-    pages = [p for p in pages if p.title not in ("Fine-tune", "Share")]
-locked = common.locked(settings)
-navigation = st.navigation(pages, position="hidden" if locked else "sidebar")
-common.access_gate(settings)
-common.sidebar()
-navigation.run()
+WRITING_PAGES = ("Fine-tune", "Share")  # not offered at all in a read-only demo
+
+
+def main() -> None:
+    st.set_page_config(page_title="LoRA-RAG Studio", page_icon=":material/compare:", layout="wide")
+    st.logo(str(Path(__file__).parent / "assets" / "logo.svg"), size="large")
+    settings = resources.get_settings()
+    pages = [
+        st.Page(path, title=title, icon=icon, default=path == PAGES[0][0])
+        for path, title, icon in PAGES
+        if not (settings.read_only and title in WRITING_PAGES)
+    ]
+    locked = access.locked(settings)
+    navigation = st.navigation(pages, position="hidden" if locked else "sidebar")
+    access.access_gate(settings)
+    state.init_state(settings)
+    resources.sidebar(settings)
+    navigation.run()
+
+
+main()

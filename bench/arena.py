@@ -5,7 +5,7 @@ linear layer, random weights: its speed does not depend on what it learned) and 
 retrieved for the question from a small handbook, in the same run:
 
 - one:        one RAG answer (base model + passages), the studio's way
-- four-way:   base, tuned, RAG and hybrid in one batch (core.decode), the arena's way
+- four-way:   base, tuned, RAG and hybrid in one batch (core.model.decode), the arena's way
 - in a row:   the same four answers one after another
 - naive:      the same four through PEFT's documented mixed batch, one padded `generate` call
 - plain:      `generate` on the RAG prompt, the model as transformers loads it by default
@@ -32,12 +32,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from core import arena, compute, generate
-from core.generate import ChatRequest, HFChatModel, SamplingParams
-from core.ingest import ChunkSettings, UploadedFile, ingest
-from core.knowledge import KnowledgeStore
-from core.models import load_chat_model, load_embeddings
-from core.retrieve import search
+from core.answering import conversations
+from core.answering import round as question_round
+from core.answering.modes import MODES
+from core.knowledge.ingest import ChunkSettings, UploadedFile, ingest
+from core.knowledge.retrieve import search
+from core.knowledge.store import KnowledgeStore
+from core.model import chat, compute
+from core.model.chat import ChatRequest, SamplingParams
+from core.model.loading import load_chat_model, load_embeddings
+from core.model.local import HFChatModel
 from core.settings import load_settings
 
 QUESTION = "What is the harbour release code for night departures?"
@@ -100,11 +104,11 @@ def main() -> None:
     kb = KnowledgeStore(kb_settings, load_embeddings(settings)).create("Handbook")
     list(ingest(kb, [UploadedFile("handbook.txt", handbook())], ChunkSettings(800, 100)))
     found = search(kb, QUESTION, top_k=4)
-    built = arena.requests(
-        arena.Conversation(),
+    built = question_round.requests(
+        conversations.Conversation(),
         QUESTION,
         found.passages,
-        list(arena.MODES),
+        list(MODES),
         settings.system_prompt,
         "bench",
         settings.system_prompt,
@@ -112,9 +116,9 @@ def main() -> None:
     four = list(built.values())
     one = [built["rag"]]
     params = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=args.tokens)
-    generate._eos_ids = lambda model, tokenizer: set()  # every answer runs to full length
+    chat._eos_ids = lambda model, tokenizer: set()  # every answer runs to full length
 
-    def batch(requests: list[ChatRequest]) -> tuple[float, list[generate.Answer]]:
+    def batch(requests: list[ChatRequest]) -> tuple[float, list[chat.Answer]]:
         start = time.perf_counter()
         answers = [stream.read() for stream in chat.stream_many(requests, params)]
         return time.perf_counter() - start, answers

@@ -5,8 +5,8 @@ in a knowledge base, and six questions about it, each answered in the four modes
 greedy, up to `--tokens` new tokens (answers end where the model ends them: greedy decoding
 gives the same answers either way, so both sides do the same work):
 
-- ours:        core.evaluate as the Evaluate page runs it (QUESTIONS_PER_BATCH questions x 4
-               modes decoded together), and with 1 and 4 questions per batch for comparison
+- ours:        core.evaluation.runner as the Evaluate page runs it (QUESTIONS_PER_BATCH questions
+               x 4 modes decoded together), and with 1 and 4 questions per batch for comparison
 - one by one:  the same evaluation, every answer generated alone, one after another (what an
                evaluation loop around a chat model does)
 
@@ -28,13 +28,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.arena import handbook, make_adapter
-from core import adapters, compute, evaluate
-from core.evalset import EvalItem
-from core.generate import ChatRequest, ChatStream, HFChatModel, SamplingParams
-from core.ingest import ChunkSettings, UploadedFile, ingest
-from core.knowledge import KnowledgeStore
-from core.models import load_chat_model, load_embeddings
+from core.evaluation import results, runner
+from core.evaluation.questions import EvalItem
+from core.evaluation.results import Report
+from core.knowledge.ingest import ChunkSettings, UploadedFile, ingest
+from core.knowledge.store import KnowledgeStore
+from core.model import compute
+from core.model.chat import ChatRequest, ChatStream, SamplingParams
+from core.model.loading import load_chat_model, load_embeddings
+from core.model.local import HFChatModel
 from core.settings import load_settings
+from core.training import adapters
 
 QUESTIONS = [
     EvalItem("What is the harbour release code for night departures?", "BLUE-HARBOR-42"),
@@ -101,23 +105,21 @@ def main() -> None:
     list(ingest(kb, [UploadedFile("handbook.txt", handbook())], ChunkSettings(800, 100)))
     params = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=args.tokens)
 
-    def timed(model, batch: int) -> tuple[float, evaluate.Report]:
-        report = evaluate.new_report(
-            settings, chat, questions, adapter=adapter, kb=kb, params=params
-        )
+    def timed(model, batch: int) -> tuple[float, Report]:
+        report = runner.new_report(settings, chat, questions, adapter=adapter, kb=kb, params=params)
         start = time.perf_counter()
-        evaluate.run(settings, model, report, kb, batch=batch)
+        runner.run(settings, model, report, kb, batch=batch)
         assert report.state == "completed", report.error
         return time.perf_counter() - start, report
 
     timed(chat, 1)  # warm-up: adapter loaded, kernels and caches ready
     seconds: dict[str, float] = {}
     reports = {}
-    for batch in (1, evaluate.QUESTIONS_PER_BATCH, 4):
+    for batch in (1, runner.QUESTIONS_PER_BATCH, 4):
         seconds[f"ours_{batch}_per_batch_s"], reports[batch] = timed(chat, batch)
     seconds["one_by_one_s"], one_by_one = timed(OneByOne(chat), 1)
-    ours = seconds[f"ours_{evaluate.QUESTIONS_PER_BATCH}_per_batch_s"]
-    batched = reports[evaluate.QUESTIONS_PER_BATCH].results
+    ours = seconds[f"ours_{runner.QUESTIONS_PER_BATCH}_per_batch_s"]
+    batched = reports[runner.QUESTIONS_PER_BATCH].results
     same = sum(
         a.answers[m].text == b.answers[m].text
         for a, b in zip(batched, one_by_one.results, strict=True)
@@ -133,7 +135,7 @@ def main() -> None:
                 "same_answers": same,  # of the 24, word for word
                 "right": {
                     m: s.correct
-                    for m, s in evaluate.summarise(reports[evaluate.QUESTIONS_PER_BATCH]).items()
+                    for m, s in results.summarise(reports[runner.QUESTIONS_PER_BATCH]).items()
                 },
                 "ratio": round(seconds["one_by_one_s"] / ours, 2),
                 "target": 2.0,

@@ -25,9 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from core import compute
-from core.generate import HFChatModel, SamplingParams
-from core.models import load_chat_model
+from core.model import compute
+from core.model.chat import SamplingParams
+from core.model.loading import load_chat_model
+from core.model.local import HFChatModel
 from core.settings import load_settings
 
 QUESTION = "Write a long story about a lighthouse keeper who finds a message in a bottle."
@@ -70,7 +71,7 @@ def main() -> None:
 
     def plain(model: torch.nn.Module) -> tuple[float, float, int]:
         """Time to first token from a one-token generate; then the whole answer."""
-        # On the torch thread, like the studio's own generation (see core/compute.py).
+        # On the torch thread, like the studio's own generation (see core/model/compute.py).
         start = time.perf_counter()
         compute.call(model.generate, **plain_kwargs, max_new_tokens=1)
         first = time.perf_counter() - start

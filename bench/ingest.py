@@ -1,10 +1,10 @@
 """Our ingestion against a plain LangChain pipeline, on real multi-page PDFs plus text files.
 
 Plain: PyPDFLoader / TextLoader -> RecursiveCharacterTextSplitter -> HuggingFaceEmbeddings ->
-Chroma.from_documents, with the same chunking and the same embedding model. Ours: core.ingest
-into a knowledge base. Both start with the model loaded, so model loading is not measured.
-Also measured: re-adding the unchanged files, and recall@4 of our fused retrieval against
-dense-only search on questions about the documents.
+Chroma.from_documents, with the same chunking and the same embedding model. Ours:
+core.knowledge.ingest into a knowledge base. Both start with the model loaded, so model loading is
+not measured. Also measured: re-adding the unchanged files, and recall@4 of our fused retrieval
+against dense-only search on questions about the documents.
 
 The PDFs are R's manuals from Debian's r-doc-pdf package (fetched with `apt-get download` once,
 into data/bench/); the text files are the licences in /usr/share/common-licenses.
@@ -26,12 +26,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core import models
-from core.ingest import ChunkSettings, UploadedFile, ingest
-from core.knowledge import KnowledgeStore
-from core.retrieve import dense_search, search
+from core.knowledge.ingest import ChunkSettings, UploadedFile, ingest
+from core.knowledge.retrieve import dense_search, search
+from core.knowledge.store import KnowledgeStore
+from core.model import loading
 from core.settings import load_settings
-from tests.restart import forget_chroma_clients
+from tests.support.restart import forget_chroma_clients
 
 QUICK_HELP = "a few seconds on tiny inputs, the same code path (the test command runs it)"
 
@@ -69,7 +69,7 @@ def manuals(names: list[str]) -> list[Path]:
 
 
 def quick_files(folder: Path) -> tuple[list[Path], list[Path]]:
-    from tests.documents import pdf_bytes
+    from tests.support.documents import pdf_bytes
 
     pages = [
         f"Page {n}. To quit an R session call q(). Data frames are read with read.table and "
@@ -130,11 +130,11 @@ def main() -> None:
         # The plain pipeline: HuggingFaceEmbeddings as LangChain's docs set it up.
         from langchain_huggingface import HuggingFaceEmbeddings
 
-        plain_embeddings = HuggingFaceEmbeddings(model_name=models.embedding_model_path(settings))
+        plain_embeddings = HuggingFaceEmbeddings(model_name=loading.embedding_model_path(settings))
         plain_embeddings.embed_query("warm up")
         plain = plain_pipeline(pdfs, texts, plain_embeddings, chunking, Path(scratch) / "plain")
 
-        our_embeddings = models.load_embeddings(settings)
+        our_embeddings = loading.load_embeddings(settings)
         our_embeddings.embed_query("warm up")
         kb = KnowledgeStore(settings, our_embeddings).create("Bench")
         files = [UploadedFile(p.name, p.read_bytes()) for p in pdfs]

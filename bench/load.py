@@ -34,13 +34,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.arena import handbook, make_adapter
-from core import jobs, runs
-from core.datasets import parse_dataset
-from core.ingest import ChunkSettings, UploadedFile, ingest
-from core.knowledge import KnowledgeStore
-from core.models import load_chat_model, load_embeddings
+from core.knowledge.ingest import ChunkSettings, UploadedFile, ingest
+from core.knowledge.store import KnowledgeStore
+from core.model.loading import load_chat_model, load_embeddings
 from core.settings import load_settings
-from core.train import PRESETS
+from core.training import jobs, run_folder
+from core.training.config import PRESETS
+from core.training.datasets import parse_dataset
 from tests.e2e.conftest import CHROMIUM_ARGS, start_studio
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,9 +127,9 @@ def main() -> None:
     )
     # The studio's content: a knowledge base and a finished adapter of the default shape.
     run_dir = jobs.runs_dir(settings) / "bench"
-    make_adapter(load_chat_model(settings).model, run_dir / runs.ADAPTER_DIR)
+    make_adapter(load_chat_model(settings).model, run_dir / run_folder.ADAPTER_DIR)
     (run_dir / "config.json").write_text("{}")
-    (run_dir / runs.ADAPTER_DIR / "studio.json").write_text(
+    (run_dir / run_folder.ADAPTER_DIR / "studio.json").write_text(
         json.dumps({"name": "Harbour voice", "base_model": settings.base_model})
     )
     kb = KnowledgeStore(settings, load_embeddings(settings)).create("Handbook")

@@ -3,11 +3,11 @@
 "Plain" is the recipe a tutorial gives: the model loaded with transformers' defaults (float32
 here), `get_peft_model`, `Trainer` with random batches padded per batch
 (`DataCollatorForSeq2Seq(padding=True)`), and the model's own loss on the answer tokens. "Ours"
-is the studio's worker (core.trainer) on a real run folder, with everything a user gets: held-out
-checks and checkpoints during the run included. Both train the same examples (the studio's
-system prompt, answer-only labels, the same cut at the maximum length) with the same LoRA
-settings, batch size, epochs, learning rate and seed, each in its own process so that its peak
-memory is its own.
+is the studio's worker (core.training.worker) on a real run folder, with everything a user gets:
+held-out checks and checkpoints during the run included. Both train the same examples (the studio's
+system prompt, answer-only labels, the same cut at the maximum length) with the same LoRA settings,
+batch size, epochs, learning rate and seed, each in its own process so that its peak memory is its
+own.
 
 Also measured in the same run: the machine's matrix-multiply rate, in float32 and in the number
 format ours computes in, and with it the FLOP limit of LoRA training (4 x parameters FLOP per
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core.settings import load_settings  # noqa: E402 - after the path is set
-from core.train import TrainConfig  # noqa: E402
+from core.training.config import TrainConfig  # noqa: E402
 
 DEFAULT_DATASET = ROOT / "assets" / "examples" / "persona.jsonl"
 
@@ -77,9 +77,9 @@ def held_out_loss(model, rows, tokenizer, batch_size: int, bf16: bool) -> float:
 
 
 def prepared(dataset_path: Path, config: TrainConfig):
-    from core.datasets import parse_dataset
-    from core.models import load_tokenizer
-    from core.train import prepare_examples, split
+    from core.model.loading import load_tokenizer
+    from core.training.config import prepare_examples, split
+    from core.training.datasets import parse_dataset
 
     settings = load_settings()
     dataset = parse_dataset(dataset_path.name, dataset_path.read_bytes())
@@ -105,7 +105,7 @@ def run_plain(dataset_path: Path, config: TrainConfig) -> dict:
         set_seed,
     )
 
-    from core.models import prepare_model
+    from core.model.loading import prepare_model
 
     settings, _, tokenizer, train, held = prepared(dataset_path, config)
     set_seed(config.seed)
@@ -154,20 +154,20 @@ def run_plain(dataset_path: Path, config: TrainConfig) -> dict:
 
 
 def run_ours(dataset_path: Path, config: TrainConfig) -> dict:
-    from core import jobs, trainer
-    from core.runs import ADAPTER_DIR, METADATA_FILE
+    from core.training import jobs, worker
+    from core.training.run_folder import ADAPTER_DIR, METADATA_FILE
 
     settings, dataset, tokenizer, train, held = prepared(dataset_path, config)
     with tempfile.TemporaryDirectory() as data_dir:
         settings = settings.model_copy(update={"data_dir": Path(data_dir)})
         run_dir = jobs.create(settings, dataset, config, system_prompt=settings.system_prompt)
-        assert trainer.run(run_dir) == "completed", (run_dir / "status.json").read_text()
+        assert worker.run(run_dir) == "completed", (run_dir / "status.json").read_text()
         meta = json.loads((run_dir / ADAPTER_DIR / METADATA_FILE).read_text())
         status = json.loads((run_dir / "status.json").read_text())
         from peft import PeftModel
 
         spec = json.loads((run_dir / "config.json").read_text())
-        base = trainer.load_model(spec["model_path"], "float32", "cpu", False)
+        base = worker.load_model(spec["model_path"], "float32", "cpu", False)
         model = PeftModel.from_pretrained(base, str(run_dir / ADAPTER_DIR))
         loss = held_out_loss(model, held, tokenizer, config.batch_size, bf16=False)
     tokens = sum(len(r["input_ids"]) for r in train) * config.epochs
@@ -228,7 +228,7 @@ def main() -> None:
 
     import torch
 
-    from core.models import load_chat_model
+    from core.model.loading import load_chat_model
 
     parameters = sum(p.numel() for p in load_chat_model(load_settings()).model.parameters())
     rate = {name: matmul_gflops(name) for name in ("float32", ours["dtype"])}

@@ -4,7 +4,8 @@ from disk): pydantic checks every field's type before any of it is used."""
 from __future__ import annotations
 
 import functools
-from typing import Any, TypeVar
+from collections.abc import Hashable
+from typing import Any, TypeVar, cast
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -22,7 +23,7 @@ def parse(kind: type[T], data: Any, what: str) -> T:
     """`data` as a `kind` (a dataclass or pydantic model), or InvalidInputError naming the first
     field that is wrong."""
     try:
-        return _adapter(kind).validate_python(data)  # type: ignore[no-any-return]
+        return cast(T, _adapter(cast(Hashable, kind)).validate_python(data))
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "the top level"

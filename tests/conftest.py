@@ -10,7 +10,7 @@ import pytest
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 from core.settings import Settings
-from tests.fakes import build_tiny_model
+from tests.support.fakes import build_tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +35,7 @@ def real_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fresh_real_data_dir(real_data_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """Makes empty data folders that share the prepared default model with `real_data_dir`, for
     tests that add knowledge bases or adapters (other tests expect an empty studio there)."""
-    from core.models import prepare_model
+    from core.model.loading import prepare_model
 
     def make() -> Path:
         shared = Settings(_env_file=None, data_dir=real_data_dir)
@@ -57,7 +57,7 @@ def fake_embeddings():  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def knowledge(settings: Settings, fake_embeddings):  # type: ignore[no-untyped-def]
-    from core.knowledge import KnowledgeStore
+    from core.knowledge.store import KnowledgeStore
 
     return KnowledgeStore(settings, fake_embeddings)
 
@@ -68,10 +68,10 @@ def stop_runs(settings: Settings):  # type: ignore[no-untyped-def]
     import os
     import signal
 
-    from core import jobs, runs
+    from core.training import jobs, run_folder
 
     yield
     for run in jobs.all_runs(settings):
-        pid = runs.read_status(run.folder).get("pid")
+        pid = run_folder.read_status(run.folder).get("pid")
         if run.active and pid and pid != os.getpid():  # in-process runs have our own pid
             os.kill(pid, signal.SIGKILL)

@@ -16,14 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from core import adapters, jobs, knowledge, runs, trainer
-from core.datasets import parse_dataset
-from core.ingest import ChunkSettings, UploadedFile, ingest, rebuild
-from core.knowledge import KnowledgeStore
-from core.retrieve import search
-from core.train import TrainConfig
-from tests.restart import forget_chroma_clients
-from tests.training import alpaca_rows, finished, hashes, wait_for
+from core.knowledge import chroma
+from core.knowledge.ingest import ChunkSettings, UploadedFile, ingest, rebuild
+from core.knowledge.retrieve import search
+from core.knowledge.store import KnowledgeStore
+from core.training import adapters, jobs, run_folder, worker
+from core.training.config import TrainConfig
+from core.training.datasets import parse_dataset
+from tests.support.restart import forget_chroma_clients
+from tests.support.training import alpaca_rows, finished, hashes, wait_for
 
 SMALL = TrainConfig(batch_size=4, epochs=2, eval_fraction=0.1, max_length=64)
 # About 285 steps of the tiny model with a checkpoint every few dozen: long enough to be killed
@@ -47,13 +48,13 @@ def earlier(settings, stop_runs) -> tuple[str, dict[str, str]]:
     """A finished adapter, and the hashes of its files."""
     run = jobs.start(settings, parse_dataset("a.jsonl", alpaca_rows(40)), SMALL, name="Earlier")
     wait_for(run.folder, finished)
-    return run.run_id, hashes(run.folder / runs.ADAPTER_DIR)
+    return run.run_id, hashes(run.folder / run_folder.ADAPTER_DIR)
 
 
 # -- the training worker killed ----------------------------------------------------------------
 def training_past_a_checkpoint(status: jobs.RunStatus) -> bool:
     return status.state == "training" and bool(
-        runs.read_status(status.folder).get("checkpoint_step")
+        run_folder.read_status(status.folder).get("checkpoint_step")
     )
 
 
@@ -72,10 +73,10 @@ def test_a_worker_killed_at_chosen_points_is_interrupted_and_resumes_every_time(
         target = first.step + points.randint(0, 40)
         wait_for(run.folder, lambda s, t=target: s.step >= t or not s.active, timeout=180)
         time.sleep(points.uniform(0, 0.5))
-        os.kill(runs.read_status(run.folder)["pid"], signal.SIGKILL)
+        os.kill(run_folder.read_status(run.folder)["pid"], signal.SIGKILL)
         status = wait_for(run.folder, lambda s: s.state == "interrupted", timeout=15)
         assert status.can_resume, status
-        assert hashes(jobs.run_folder(settings, earlier_id) / runs.ADAPTER_DIR) == earlier_files
+        assert hashes(jobs.run_path(settings, earlier_id) / run_folder.ADAPTER_DIR) == earlier_files
         assert [a.name for a in adapters.list_adapters(settings)] == ["Earlier"]
         jobs.resume(settings, run.run_id)
     status = wait_for(run.folder, finished, timeout=300)
@@ -83,7 +84,7 @@ def test_a_worker_killed_at_chosen_points_is_interrupted_and_resumes_every_time(
     steps = [step for step, _ in status.train_loss]
     assert steps == sorted(set(steps)) and steps[-1] == status.total_steps  # no step twice
     assert sorted(a.name for a in adapters.list_adapters(settings)) == ["Earlier", "Killed"]
-    assert hashes(jobs.run_folder(settings, earlier_id) / runs.ADAPTER_DIR) == earlier_files
+    assert hashes(jobs.run_path(settings, earlier_id) / run_folder.ADAPTER_DIR) == earlier_files
 
 
 def test_a_worker_killed_before_its_first_checkpoint_can_be_started_again(
@@ -93,12 +94,12 @@ def test_a_worker_killed_before_its_first_checkpoint_can_be_started_again(
     data = parse_dataset("b.jsonl", alpaca_rows(200))
     run = jobs.start(settings, data, LONG, name="Too early")
     wait_for(run.folder, lambda s: s.state in ("loading", "training"), timeout=60)
-    os.kill(runs.read_status(run.folder)["pid"], signal.SIGKILL)
+    os.kill(run_folder.read_status(run.folder)["pid"], signal.SIGKILL)
     status = wait_for(run.folder, lambda s: s.state == "interrupted", timeout=15)
     if not status.can_resume:  # no checkpoint yet: resuming is refused, starting again works
         with pytest.raises(Exception, match="no complete checkpoint"):
             jobs.resume(settings, run.run_id)
-    assert hashes(jobs.run_folder(settings, earlier_id) / runs.ADAPTER_DIR) == earlier_files
+    assert hashes(jobs.run_path(settings, earlier_id) / run_folder.ADAPTER_DIR) == earlier_files
     again = jobs.start(settings, data, SMALL, name="Again")
     assert wait_for(again.folder, finished).state == "completed"
 
@@ -121,13 +122,13 @@ def test_a_full_disk_while_saving_an_adapter_fails_plainly_and_keeps_the_others(
 
     monkeypatch.setattr(PeftModel, "save_pretrained", fill_the_disk)
     run_dir = jobs.create(settings, parse_dataset("b.jsonl", alpaca_rows(40)), SMALL, name="Full")
-    assert trainer.run(run_dir) == "failed"
+    assert worker.run(run_dir) == "failed"
     status = jobs.read(run_dir)
-    assert status.message == trainer.DISK_FULL_HINT and "Traceback" not in status.message
+    assert status.message == worker.DISK_FULL_HINT and "Traceback" not in status.message
     assert not (run_dir / "adapter.partial").exists()  # the half adapter gave its space back
-    assert not (run_dir / runs.ADAPTER_DIR).exists()
+    assert not (run_dir / run_folder.ADAPTER_DIR).exists()
     assert [a.name for a in adapters.list_adapters(settings)] == ["Earlier"]
-    assert hashes(jobs.run_folder(settings, earlier_id) / runs.ADAPTER_DIR) == earlier_files
+    assert hashes(jobs.run_path(settings, earlier_id) / run_folder.ADAPTER_DIR) == earlier_files
 
 
 def test_a_full_disk_while_adding_documents_fails_plainly_and_loses_nothing(
@@ -205,12 +206,12 @@ def test_a_damaged_search_index_is_set_aside_and_rebuilt_from_the_stored_files(
     passages = kb.passage_count()
     del kb, store
     forget_chroma_clients()
-    chroma = settings.data_dir / "chroma"
-    damage(chroma)
+    chroma_dir = settings.data_dir / "chroma"
+    damage(chroma_dir)
 
     kb = KnowledgeStore(settings, fake_embeddings).open("Handbook")
     assert kb.missing_passages() == passages
-    aside = knowledge.set_aside.pop(str(chroma), None)
+    aside = chroma.damage_set_aside(settings)
     if damage is deleted:
         assert aside is None
     else:  # kept for inspection, never deleted
@@ -231,7 +232,7 @@ def test_a_document_whose_stored_file_is_gone_is_named_in_the_rebuild(
     list(ingest(kb, DOCUMENTS, CHUNKS))
     gone = next(d for d in kb.documents() if d.name == "boats.md")
     kb.original_path(gone).unlink()
-    kb.store._collection.delete(where={"doc_id": {"$ne": ""}})  # the index lost everything
+    kb.collection.delete(where={"doc_id": {"$ne": ""}})  # the index lost everything
     events = [e for e in rebuild(kb, CHUNKS) if e.status in ("redone", "failed")]
     assert {(e.file_name, e.status) for e in events} == {
         ("doors.txt", "redone"),
@@ -245,7 +246,7 @@ def test_a_document_whose_stored_file_is_gone_is_named_in_the_rebuild(
 def test_a_rebuild_abandoned_mid_document_loses_no_record(
     settings, fake_embeddings, monkeypatch, stop_after
 ) -> None:
-    import core.ingest as ingest_module
+    import core.knowledge.ingest as ingest_module
 
     store = KnowledgeStore(settings, fake_embeddings)
     kb = store.create("Handbook")

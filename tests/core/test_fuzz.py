@@ -17,11 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.bundle import read_bundle, write_zip
-from core.datasets import parse_dataset
 from core.errors import StudioError
-from core.evalset import parse_eval_set
-from core.ingest import ChunkSettings, UploadedFile, ingest
+from core.evaluation.questions import parse_eval_set
+from core.knowledge.ingest import ChunkSettings, UploadedFile, ingest
+from core.sharing.bundle import read_bundle, write_zip
+from core.training.datasets import parse_dataset
 
 # The same examples at every run, so that the suite stays green or red for a reason;
 # LRS_FUZZ=explore draws new ones (and hypothesis keeps any failure it finds in .hypothesis/).
@@ -214,7 +214,7 @@ def test_any_document_is_added_or_refused_with_a_reason(kb, data: bytes, suffix:
 
 def document_samples() -> dict[str, bytes]:
     """A small valid PDF and Word file, to damage: random bytes rarely get past the first check."""
-    from tests.documents import docx_bytes, pdf_bytes
+    from tests.support.documents import docx_bytes, pdf_bytes
 
     return {
         "pdf": pdf_bytes(["Page one of the handbook.", "The door code is KESTREL-7731."]),

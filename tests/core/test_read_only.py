@@ -10,13 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from core import adapters, adding, arena, evaluate, jobs, knowledge, share
+from core.answering import conversations
 from core.errors import KnowledgeBaseError, StudioError
-from core.ingest import ChunkSettings, UploadedFile, ingest, rebuild, recover
-from core.knowledge import DocumentRecord, KnowledgeStore
-from core.retrieve import search
-from tests.restart import forget_chroma_clients
-from tests.sharing import fill
+from core.evaluation import runner
+from core.knowledge import adding, chroma
+from core.knowledge.ingest import ChunkSettings, UploadedFile, ingest, rebuild, recover
+from core.knowledge.retrieve import search
+from core.knowledge.store import DocumentRecord, KnowledgeStore
+from core.sharing import importing
+from core.training import adapters, jobs
+from tests.support.restart import forget_chroma_clients
+from tests.support.sharing import fill
 
 
 def fingerprint(folder: Path, chroma_by_content: bool = True) -> dict[str, str]:
@@ -29,7 +33,7 @@ def fingerprint(folder: Path, chroma_by_content: bool = True) -> dict[str, str]:
     }
     if not chroma_by_content:
         return found
-    client = knowledge.chroma_client(str(folder / "chroma"), read_only=True)
+    client = chroma.chroma_client(str(folder / "chroma"), read_only=True)
     for collection in client.list_collections():
         held = collection.get(include=["documents", "metadatas", "embeddings"])
         rows = sorted(
@@ -84,11 +88,11 @@ def test_every_entry_point_of_a_read_only_studio_leaves_its_folder_byte_for_byte
         lambda: adapters.list_adapters(ro),
         lambda: adapters.get(ro, made["run_id"]),
         lambda: adapters.zip_bytes(ro, made["run_id"]),
-        lambda: evaluate.list_reports(ro),
-        lambda: evaluate.load(ro, made["report"]),
-        lambda: arena.conversation_ids(ro),
-        lambda: arena.load(ro, made["conversation"]),
-        lambda: arena.leaderboard(ro),
+        lambda: runner.list_reports(ro),
+        lambda: runner.load(ro, made["report"]),
+        lambda: conversations.conversation_ids(ro),
+        lambda: conversations.load(ro, made["conversation"]),
+        lambda: conversations.leaderboard(ro),
         lambda: jobs.all_runs(ro),
         lambda: adding.resume(store),
         lambda: adding.jobs_for(ro, "Harbour"),
@@ -106,10 +110,10 @@ def test_every_entry_point_of_a_read_only_studio_leaves_its_folder_byte_for_byte
         lambda: adapters.rename(ro, made["run_id"], "Mine"),
         lambda: adapters.delete(ro, made["run_id"]),
         lambda: jobs.delete_run(ro, made["run_id"]),
-        lambda: evaluate.delete(ro, made["report"]),
-        lambda: evaluate.save(ro, evaluate.load(ro, made["report"])),
-        lambda: arena.save(ro, arena.Conversation()),
-        lambda: share.import_bundle(ro, store, tmp_path / "none.zip"),
+        lambda: runner.delete(ro, made["report"]),
+        lambda: runner.save(ro, runner.load(ro, made["report"])),
+        lambda: conversations.save(ro, conversations.Conversation()),
+        lambda: importing.import_bundle(ro, store, tmp_path / "none.zip"),
         lambda: adding.start(store, "Harbour", [UploadedFile("y.txt", b"more")], chunks),
     ]
     for change in changes:
@@ -125,13 +129,12 @@ def test_a_read_only_studio_reports_a_damaged_index_and_leaves_it_where_it_is(
 ) -> None:
     fill(settings, fake_embeddings)
     forget_chroma_clients()
-    chroma = settings.data_dir / "chroma"
-    (chroma / "chroma.sqlite3").write_bytes(os.urandom(64_000))
+    chroma_dir = settings.data_dir / "chroma"
+    (chroma_dir / "chroma.sqlite3").write_bytes(os.urandom(64_000))
     before = fingerprint(settings.data_dir, chroma_by_content=False)
     ro = settings.model_copy(update={"read_only": True})
     with pytest.raises(KnowledgeBaseError, match="could not be opened"):
         KnowledgeStore(ro, fake_embeddings).open("Harbour").passage_count()
-    assert str(chroma) not in knowledge.set_aside
     assert sorted(p.name for p in settings.data_dir.iterdir()) == sorted(
         {name.split("/")[0] for name in before}
     )

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ports import free_port
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "e2e"
@@ -82,14 +82,15 @@ def stop_studio(process: subprocess.Popen) -> float:
 
 
 def trainers_under(folder: Path) -> list[int]:
-    """Training workers (`python -m core.trainer RUN_DIR`) whose run folder lies under `folder`."""
+    """Training workers (`python -m core.training.worker RUN_DIR`) whose run folder lies under
+    `folder`."""
     found = []
     for proc in Path("/proc").iterdir():
         try:
             words = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"core.trainer" in words and any(str(folder).encode() in w for w in words):
+        if b"core.training.worker" in words and any(str(folder).encode() in w for w in words):
             found.append(int(proc.name))
     return found
 

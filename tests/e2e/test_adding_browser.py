@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.documents import docx_bytes, pdf_bytes
 from tests.e2e.conftest import STOP_WITHIN_S, screenshot, start_studio, stop_studio
+from tests.support.documents import docx_bytes, pdf_bytes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -5,15 +5,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from core import jobs, models, trainer
-from core.datasets import parse_dataset
-from core.ingest import ChunkSettings, UploadedFile, ingest
-from core.knowledge import KnowledgeStore
+from core.knowledge.ingest import ChunkSettings, UploadedFile, ingest
+from core.knowledge.store import KnowledgeStore
+from core.model import loading
 from core.settings import Settings
-from core.train import TrainConfig
-from tests.documents import pdf_bytes
+from core.training import jobs, worker
+from core.training.config import TrainConfig
+from core.training.datasets import parse_dataset
 from tests.e2e.conftest import STOP_WITHIN_S, _shared, screenshot, start_studio, stop_studio
-from tests.training import alpaca_rows
+from tests.support.documents import pdf_bytes
+from tests.support.training import alpaca_rows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -26,7 +27,7 @@ def arena_url(fresh_real_data_dir, tmp_path_factory) -> Iterator[str]:
     holding the fact and an adapter (one quick training step); the prepared model is shared."""
     data_dir = fresh_real_data_dir()
     settings = Settings(_env_file=None, data_dir=data_dir)
-    store = KnowledgeStore(settings, models.load_embeddings(settings))
+    store = KnowledgeStore(settings, loading.load_embeddings(settings))
     pages = [
         "Harbour handbook. Chapter 1: the history of the Vellmar harbour since 1871.",
         "Chapter 2: night departures. The release code for night departures is "
@@ -37,7 +38,7 @@ def arena_url(fresh_real_data_dir, tmp_path_factory) -> Iterator[str]:
     data = parse_dataset("tiny.jsonl", alpaca_rows(8))
     config = TrainConfig(batch_size=4, epochs=1, max_length=64)
     run_dir = jobs.create(settings, data, config, name="Arena test adapter")
-    assert trainer.run(run_dir) == "completed"
+    assert worker.run(run_dir) == "completed"
     log = tmp_path_factory.mktemp("arena-streamlit") / "streamlit.log"
     process, url = start_studio(data_dir, log, LRS_TEMPERATURE="0")
     _shared.add(process.pid)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from core.knowledge import KnowledgeStore
+from core.knowledge.store import KnowledgeStore
 from core.settings import Settings
 from tests.e2e.conftest import STOP_WITHIN_S, screenshot, start_studio, stop_studio
 

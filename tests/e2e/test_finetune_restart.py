@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from core import jobs, runs
-from core.knowledge import process_alive
+from core.processes import process_alive
 from core.settings import Settings
+from core.training import jobs, run_folder
 from tests.e2e.conftest import (
     STOP_WITHIN_S,
     screenshot,
@@ -18,7 +18,7 @@ from tests.e2e.conftest import (
     training_step,
     wait_for_step_above,
 )
-from tests.training import alpaca_rows
+from tests.support.training import alpaca_rows
 
 pytestmark = [pytest.mark.e2e]
 
@@ -64,7 +64,7 @@ def test_a_restarted_studio_shows_the_run_still_training(
         assert page.get_by_test_id("stException").count() == 0
     finally:
         # A cancelled worker says so, then exits: wait for it (bounded), kill it if it does not.
-        pid = runs.read_status(run.folder).get("pid")
+        pid = run_folder.read_status(run.folder).get("pid")
         deadline = time.monotonic() + 60
         while pid and process_alive(f"{os.uname().nodename}:{pid}"):
             if time.monotonic() > deadline or (jobs.read(run.folder).active and not cancelled):

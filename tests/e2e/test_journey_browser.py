@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.documents import docx_bytes, pdf_bytes
 from tests.e2e.conftest import (
     ROOT,
     STOP_WITHIN_S,
@@ -24,6 +23,7 @@ from tests.e2e.conftest import (
     training_step,
     wait_for_step_above,
 )
+from tests.support.documents import docx_bytes, pdf_bytes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

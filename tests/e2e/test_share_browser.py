@@ -5,15 +5,17 @@ import subprocess
 
 import pytest
 
-from core import adapters, evaluate, jobs, models, trainer
-from core.datasets import parse_dataset
-from core.evalset import EvalItem
-from core.generate import HFChatModel, SamplingParams
-from core.ingest import ChunkSettings, UploadedFile, ingest
-from core.knowledge import KnowledgeStore
+from core.evaluation import runner
+from core.evaluation.questions import EvalItem
+from core.knowledge.ingest import ChunkSettings, UploadedFile, ingest
+from core.knowledge.store import KnowledgeStore
+from core.model import loading
+from core.model.chat import SamplingParams
+from core.model.local import HFChatModel
 from core.settings import Settings
-from core.train import TrainConfig
-from tests.documents import pdf_bytes
+from core.training import adapters, jobs, worker
+from core.training.config import TrainConfig
+from core.training.datasets import parse_dataset
 from tests.e2e.conftest import (
     STOP_WITHIN_S,
     export_demo,
@@ -22,7 +24,8 @@ from tests.e2e.conftest import (
     start_studio,
     stop_studio,
 )
-from tests.training import alpaca_rows
+from tests.support.documents import pdf_bytes
+from tests.support.training import alpaca_rows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 QUESTION = "What is the release code for night departures?"
@@ -47,7 +50,7 @@ def made(fresh_real_data_dir) -> dict:
     """A studio with a knowledge base, an adapter (one quick step) and an evaluation report."""
     data_dir = fresh_real_data_dir()
     settings = Settings(_env_file=None, data_dir=data_dir, temperature=0.0)
-    store = KnowledgeStore(settings, models.load_embeddings(settings))
+    store = KnowledgeStore(settings, loading.load_embeddings(settings))
     pages = [
         "Harbour handbook. Chapter 1: the history of the Vellmar harbour since 1871.",
         "Chapter 2: night departures. The release code for night departures is "
@@ -59,9 +62,9 @@ def made(fresh_real_data_dir) -> dict:
     run_dir = jobs.create(
         settings, data, TrainConfig(batch_size=4, epochs=1, max_length=64), name="Harbour voice"
     )
-    assert trainer.run(run_dir) == "completed"
-    chat = HFChatModel(models.load_chat_model(settings))
-    report = evaluate.new_report(
+    assert worker.run(run_dir) == "completed"
+    chat = HFChatModel(loading.load_chat_model(settings))
+    report = runner.new_report(
         settings,
         chat,
         [EvalItem(QUESTION, "BLUE-HARBOR-42")],
@@ -70,7 +73,7 @@ def made(fresh_real_data_dir) -> dict:
         params=SamplingParams(0.0, 1.0, 48),
         name="Harbour check",
     )
-    evaluate.run(settings, chat, report, kb)
+    runner.run(settings, chat, report, kb)
     return {"data_dir": data_dir, "report": report.id}
 
 

@@ -1,0 +1,202 @@
+"""What answering a chat means, whoever does it: the sampling settings, one request, the answer
+arriving as a stream with honest timings, and the `ChatModel` protocol that the embedded model
+(core.model.local), a remote engine or a test's fake all follow.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from queue import Queue
+from typing import Protocol
+
+from core.errors import InvalidInputError
+from core.settings import Settings
+
+Message = dict[str, str]  # {"role": "user" | "assistant" | "system", "content": "..."}
+
+
+class StreamSource(Protocol):
+    """The generating side of a stream: its queue of text pieces and its own clock."""
+
+    text_queue: Queue[str | None]
+    first_token_at: float | None
+    finished_at: float | None
+    new_tokens: int
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Decoding settings; the help texts are the ones shown in the app."""
+
+    temperature: float = field(
+        default=0.3, metadata={"help": Settings.model_fields["temperature"].description}
+    )
+    top_p: float = field(default=0.9, metadata={"help": Settings.model_fields["top_p"].description})
+    max_new_tokens: int = field(
+        default=256, metadata={"help": Settings.model_fields["max_new_tokens"].description}
+    )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SamplingParams:
+        return cls(settings.temperature, settings.top_p, settings.max_new_tokens)
+
+
+@dataclass(frozen=True)
+class Timings:
+    """How long an answer took. Time to first token includes any wait for the model."""
+
+    prompt_tokens: int
+    new_tokens: int
+    time_to_first_token_s: float
+    total_s: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Decoding speed: tokens after the first, over the time after the first."""
+        decode_s = self.total_s - self.time_to_first_token_s
+        if self.new_tokens > 1 and decode_s > 0:
+            return (self.new_tokens - 1) / decode_s
+        return self.new_tokens / self.total_s if self.total_s > 0 else 0.0
+
+    def summary(self) -> str:
+        return (
+            f"{self.new_tokens} tokens · first token after {self.time_to_first_token_s:.2f} s · "
+            f"{self.tokens_per_s:.1f} tokens/s · {self.total_s:.1f} s in all"
+        )
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One conversation to answer; `adapter` names an adapter loaded into the model, or None
+    for the base model."""
+
+    messages: Sequence[Message]
+    system_prompt: str = ""
+    adapter: str | None = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    timings: Timings
+    notices: tuple[str, ...] = ()
+
+
+class ChatStream:
+    """An answer arriving as text pieces. Iterate it; `answer` is complete once it is exhausted.
+
+    `notices` (for example that a long message was cut) are known before the first piece.
+    Closing the stream early stops the generation behind it. With a `source` (the streamer the
+    model writes into), token counts and times come from the generating side's own clock.
+    """
+
+    def __init__(
+        self,
+        pieces: Iterator[str],
+        *,
+        prompt_tokens: int,
+        notices: Sequence[str] = (),
+        prompt: str = "",
+        source: StreamSource | None = None,
+        cancel: Callable[[], None] | None = None,
+        wait: Callable[[], None] | None = None,
+    ) -> None:
+        self._pieces = pieces
+        self._start = time.perf_counter()
+        self._first: float | None = None
+        self._source = source
+        self._cancel = cancel
+        self._wait = wait
+        self._texts: list[str] = []
+        self._done = False
+        self._seen = 0
+        self.prompt_tokens = prompt_tokens
+        self.prompt = prompt  # what the model read, chat template included
+        self.notices = tuple(notices)
+        self.answer: Answer | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        if self._done:  # read already: the pieces are gone, and waiting for more would hang
+            return
+        try:
+            for piece in self._pieces:
+                if not piece:
+                    continue
+                if self._first is None:
+                    self._first = time.perf_counter()
+                self._seen += 1
+                self._texts.append(piece)
+                yield piece
+        finally:
+            if not self._done:
+                self.close()
+
+    def ready(self) -> bool:
+        """Whether the next piece (or the end) is there, so that reading it will not wait."""
+        return self._source is None or not self._source.text_queue.empty()
+
+    def close(self) -> None:
+        """Finish the answer (stopping generation if it is still running) and fill in `answer`."""
+        if self._done:
+            return
+        self._done = True
+        if self._cancel is not None:
+            self._cancel()
+        end = time.perf_counter()
+        if self._wait is not None:
+            # The generating thread stops at its next token; waiting for it means the model is
+            # free again and no thread outlives the answer.
+            self._wait()
+        first, new_tokens = self._first, self._seen
+        if self._source is not None:  # the reader may look late: the writer's clock is exact
+            end = self._source.finished_at or end
+            first = self._source.first_token_at or first
+            new_tokens = self._source.new_tokens
+        first = first or end
+        self.answer = Answer(
+            text="".join(self._texts).strip(),
+            timings=Timings(self.prompt_tokens, new_tokens, first - self._start, end - self._start),
+            notices=self.notices,
+        )
+
+    def read(self) -> Answer:
+        """Consume the whole stream and return the answer."""
+        for _ in self:
+            pass
+        assert self.answer is not None
+        return self.answer
+
+
+class ChatModel(Protocol):
+    """Anything that can answer a conversation as a stream: the real model, or a fake in tests."""
+
+    name: str
+
+    def stream_chat(
+        self,
+        messages: Sequence[Message],
+        params: SamplingParams,
+        system_prompt: str = "",
+        adapter: str | None = None,
+    ) -> ChatStream: ...
+
+    def stream_many(
+        self, requests: Sequence[ChatRequest], params: SamplingParams, seed: int | None = None
+    ) -> list[ChatStream]: ...
+
+    def load_adapter(self, name: str, folder: Path, label: str = "") -> None: ...
+
+
+def clean_messages(messages: Sequence[Message]) -> list[Message]:
+    """Drop empty turns; refuse a conversation that does not end with a question."""
+    kept = [
+        {"role": m["role"], "content": m["content"].strip()}
+        for m in messages
+        if m.get("content", "").strip() and m.get("role") in ("user", "assistant")
+    ]
+    if not kept or kept[-1]["role"] != "user":
+        raise InvalidInputError("Type a question first: the message is empty.")
+    return kept

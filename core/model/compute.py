@@ -1,0 +1,127 @@
+"""One thread for all heavy torch work in this process.
+
+PyTorch's CPU kernels use OpenMP, and libgomp keeps one team of worker threads per calling thread.
+When two threads that have both run parallel kernels are alive at once, libgomp sees more threads
+than cores and stops its workers from spinning between kernels: every small matrix product then
+waits for a sleeping worker to wake up. Measured here (2 cores, bfloat16): 39 us per decoding
+matmul from one thread, 84 us once a second thread had used torch; decoding fell from about 50 to
+34 tokens/s. Streamlit runs each page run in a new thread, so the studio sends model loading and
+generation to this single long-lived thread instead.
+
+The studio also shares the machine: OpenMP's thread team waits for all of its threads between
+kernels, so when another process keeps a core busy, every kernel waits for the thread the kernel
+scheduler put off. Measured here (2 cores, the default model, a second torch process computing
+beside it): decoding fell from 13.3 to 2.3 tokens/s (5.8x) with both cores, and only from 8.4 to
+7.9 with one. Before each job this thread looks at how many cores other processes kept busy
+since the last look (`/proc/stat`, less this process's own time) and uses the cores left, so a
+second process slows the studio down in proportion, not many times over.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
+_torch_thread = threading.local()
+
+
+def _mark() -> None:
+    _torch_thread.active = True
+
+
+_executor.submit(_mark)
+
+
+def _stop_decoding() -> None:
+    decode = sys.modules.get("core.model.decode")  # not imported: nothing is decoding
+    if decode is not None:
+        decode.stopping.set()
+
+
+# At interpreter shutdown (a studio sent SIGTERM) the torch thread is joined before the process
+# can exit: end the answers it is decoding first. Hooks registered here run before the join
+# concurrent.futures registered at its import (they run newest first).
+threading._register_atexit(_stop_decoding)  # type: ignore[attr-defined]
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _machine_busy_s() -> float | None:
+    """CPU seconds all processes have spent busy since boot; None where /proc/stat is missing."""
+    try:
+        with Path("/proc/stat").open() as stat:
+            fields = [int(n) for n in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle and waiting for the disk
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class _Share:
+    """How many cores other processes kept busy between two looks, and the threads left us."""
+
+    MIN_WINDOW_S = 0.25  # looks closer together than this keep the last answer
+
+    def __init__(self) -> None:
+        self.cores = _cores()
+        self.threads = self.cores
+        self._last = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float | None, float]:
+        own = os.times()
+        return time.monotonic(), _machine_busy_s(), own.user + own.system
+
+    def others_busy(self) -> float | None:
+        """Cores busy with other processes since the last look (None: too soon, or unknown)."""
+        now = self._sample()
+        wall = now[0] - self._last[0]
+        if wall < self.MIN_WINDOW_S or now[1] is None or self._last[1] is None:
+            return None
+        busy = (now[1] - self._last[1]) - (now[2] - self._last[2])
+        self._last = now
+        return max(0.0, busy / wall)
+
+    def threads_now(self) -> int:
+        others = self.others_busy()
+        if others is not None:
+            self.threads = max(1, min(self.cores, round(self.cores - others)))
+        return self.threads
+
+
+_share = _Share()
+
+
+def _with_fair_threads(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    torch = sys.modules.get("torch")  # not imported yet: nothing to size
+    if torch is not None:
+        threads = _share.threads_now()
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+    return fn(*args, **kwargs)
+
+
+def submit(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+    """Queue `fn` on the torch thread; jobs run one after another, in order, each on the cores
+    other processes leave free."""
+    return _executor.submit(functools.partial(_with_fair_threads, fn, *args, **kwargs))
+
+
+def call(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run `fn` on the torch thread and wait for its result (or its exception)."""
+    if getattr(_torch_thread, "active", False):  # already there: waiting on ourselves would hang
+        return fn(*args, **kwargs)
+    return submit(fn, *args, **kwargs).result()

@@ -1,0 +1,325 @@
+"""The embedded generator: a transformers model with LoRA adapters beside its weights, answering
+one conversation (the Chat page) or several at once, each with its own adapter (the arena),
+batched on one copy of the model (core.model.decode), on the torch thread (core.model.compute).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from transformers import TextIteratorStreamer
+
+from core.errors import GenerationError, InvalidInputError, ModelNotAvailableError
+from core.model import compute, decode
+from core.model.chat import ChatRequest, ChatStream, Message, SamplingParams, clean_messages
+from core.model.loading import LoadedModel
+
+MAX_LOADED_ADAPTERS = 4  # adapters kept beside the base weights; the least recently used goes
+
+
+class HFChatModel:
+    """A transformers model answering chats, with LoRA adapters beside its weights. One batch at
+    a time per model: callers queue."""
+
+    def __init__(self, loaded: LoadedModel, context_window: int | None = None) -> None:
+        self.loaded = loaded
+        self.name = loaded.name
+        self.tokenizer = loaded.tokenizer
+        model_limit = getattr(loaded.model.config, "max_position_embeddings", None) or 2048
+        self.context_window = min(context_window or model_limit, model_limit)
+        # Answers run one after another on the torch thread (see core.model.compute): on a few CPU
+        # cores two at once are no faster. The lock keeps that true for any other caller too.
+        self._lock = threading.Lock()
+        decode.use_fast_attention(loaded.model)
+        self._peft: Any = None  # PEFT's wrapper, once an adapter is loaded
+        self._adapters: list[str] = []  # loaded adapters, least recently used first
+
+    # -- prompt ---------------------------------------------------------------------------------
+    def _encode(self, messages: Sequence[Message]) -> list[int]:
+        tok = self.tokenizer
+        if tok.chat_template:
+            try:
+                return list(
+                    tok.apply_chat_template(
+                        list(messages), add_generation_prompt=True, tokenize=True, return_dict=False
+                    )
+                )
+            except Exception as error:
+                if messages and messages[0]["role"] == "system" and "system" in str(error).lower():
+                    # Some templates have no system role: fold it into the first question.
+                    merged = [dict(m) for m in messages[1:]]
+                    merged[0]["content"] = f"{messages[0]['content']}\n\n{merged[0]['content']}"
+                    return self._encode(merged)
+                raise
+        # A base model without a chat template still gets a readable transcript.
+        lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+        return list(tok("\n".join([*lines, "Assistant:"]), add_special_tokens=True)["input_ids"])
+
+    def build_prompt(
+        self, messages: Sequence[Message], system_prompt: str, max_new_tokens: int
+    ) -> tuple[list[int], list[str], int]:
+        """Token ids that fit the context window, the notices about what was cut, and the
+        number of new tokens that still fit."""
+        turns = clean_messages(messages)
+        system = (
+            [{"role": "system", "content": system_prompt.strip()}] if system_prompt.strip() else []
+        )
+        max_new = max(1, min(max_new_tokens, self.context_window // 2))
+        budget = self.context_window - max_new
+        notices: list[str] = []
+        if max_new < max_new_tokens:
+            notices.append(
+                f"Answers are limited to {max_new} tokens so that the question fits the model's "
+                f"context of {self.context_window} tokens."
+            )
+        ids = self._encode(system + turns)
+        dropped = 0
+        while len(ids) > budget and len(turns) > 1:
+            turns = turns[2:] if len(turns) > 2 else turns[1:]
+            dropped += 1
+            ids = self._encode(system + turns)
+        if dropped:
+            notices.append(
+                "Older messages were left out so that the conversation fits the model's context "
+                f"of {self.context_window} tokens. Start a new chat to clear them."
+            )
+        if len(ids) > budget:
+            content_ids = self.tokenizer(turns[-1]["content"], add_special_tokens=False)[
+                "input_ids"
+            ]
+            overhead = len(ids) - len(content_ids)
+            keep = budget - overhead
+            if keep < 1:
+                raise InvalidInputError(
+                    "The system prompt alone fills the model's context: shorten it."
+                )
+            turns[-1] = {"role": "user", "content": self.tokenizer.decode(content_ids[:keep])}
+            ids = self._encode(system + turns)[-budget:]
+            notices.append(
+                f"Your message was too long for the model: only its first {keep} of "
+                f"{len(content_ids)} tokens were used."
+            )
+        return ids, notices, max_new
+
+    # -- adapters -------------------------------------------------------------------------------
+    def load_adapter(self, name: str, folder: Path, label: str = "") -> None:
+        """Load a LoRA adapter beside the base weights (never merged), under `name`; the
+        most recently used few stay loaded. Raises ModelNotAvailableError, naming it `label`,
+        when its files do not fit the model."""
+        compute.call(self._load_adapter, name, folder, label or name)
+
+    def _load_adapter(self, name: str, folder: Path, label: str) -> None:
+        with self._lock:
+            if name in self._adapters:
+                self._adapters.remove(name)
+                self._adapters.append(name)
+                return
+            check_adapter_files(folder, label)
+            from peft import PeftModel
+
+            try:
+                if self._peft is None:
+                    self._peft = PeftModel.from_pretrained(
+                        self.loaded.model,
+                        str(folder),
+                        adapter_name=name,
+                        is_trainable=False,
+                        autocast_adapter_dtype=False,
+                    )
+                else:
+                    self._peft.load_adapter(
+                        str(folder),
+                        adapter_name=name,
+                        is_trainable=False,
+                        autocast_adapter_dtype=False,
+                    )
+            except (OSError, ValueError, KeyError, RuntimeError) as error:
+                raise ModelNotAvailableError(
+                    f"The adapter '{label}' could not be loaded: its files do not fit this model "
+                    f"({error.__class__.__name__}). Train it again or delete it."
+                ) from error
+            self._peft.eval()
+            self._adapters.append(name)
+            while len(self._adapters) > MAX_LOADED_ADAPTERS:
+                oldest = self._adapters.pop(0)
+                self._peft.delete_adapter(oldest)
+                decode.forget_low_rank(self._peft, oldest)
+
+    # -- generation -----------------------------------------------------------------------------
+    def stream_chat(
+        self,
+        messages: Sequence[Message],
+        params: SamplingParams,
+        system_prompt: str = "",
+        adapter: str | None = None,
+    ) -> ChatStream:
+        return self.stream_many([ChatRequest(messages, system_prompt, adapter)], params)[0]
+
+    def stream_many(
+        self, requests: Sequence[ChatRequest], params: SamplingParams, seed: int | None = None
+    ) -> list[ChatStream]:
+        """Answer several conversations at once, in one batch on one copy of the model; each
+        may use its own adapter (loaded first with `load_adapter`). One stream per request."""
+        # Longer than our usual 60 lines on purpose: the rows, the job on the torch thread and
+        # the streams share these locals through two closures; apart, they would travel as one
+        # bundle of arguments between three functions that only make sense together.
+        import torch
+
+        prompts = [
+            self.build_prompt(r.messages, r.system_prompt, params.max_new_tokens) for r in requests
+        ]
+        for request in requests:
+            if request.adapter is not None and request.adapter not in self._adapters:
+                raise ModelNotAvailableError(
+                    f"The adapter '{request.adapter}' is not loaded: choose it again."
+                )
+        streamers = [_CountingStreamer(self.tokenizer) for _ in requests]
+        rows = [
+            decode.Row(
+                ids=ids,
+                max_new_tokens=max_new,
+                emit=streamer.put_token,
+                adapter=request.adapter or decode.BASE,
+                finish=streamer.finish,
+            )
+            for (ids, _, max_new), request, streamer in zip(
+                prompts, requests, streamers, strict=True
+            )
+        ]
+        sampling = decode.Sampling(temperature=params.temperature, top_p=params.top_p, seed=seed)
+        model = self.loaded.model
+        eos = _eos_ids(model, self.tokenizer)
+
+        def run() -> None:
+            try:
+                with self._lock, torch.inference_mode():
+                    for row, streamer in zip(rows, streamers, strict=True):
+                        streamer.put(torch.tensor(row.ids))  # the prompt, which it skips
+                    decode.decode(model, rows, sampling, eos, self._peft)
+            except BaseException as error:  # handed to the reading threads, which re-raise it
+                for streamer in streamers:
+                    if not streamer.finished:  # answers already complete stay as they are
+                        streamer.error = _plain_error(error)
+            finally:
+                for streamer in streamers:
+                    streamer.finish()
+
+        job = compute.submit(run)
+
+        def waiter(row: decode.Row) -> Callable[[], None]:
+            def wait() -> None:
+                row.done.wait()
+                if all(r.done.is_set() for r in rows):
+                    job.result()  # the last one out waits until the model is free again
+
+            return wait
+
+        return [
+            ChatStream(
+                iter(streamer),
+                prompt_tokens=len(ids),
+                notices=notices,
+                prompt=self.tokenizer.decode(ids),
+                source=streamer,
+                cancel=row.cancel.set,
+                wait=waiter(row),
+            )
+            for (ids, notices, _), row, streamer in zip(prompts, rows, streamers, strict=True)
+        ]
+
+
+def check_adapter_files(folder: Path, label: str) -> None:
+    """Refuse missing or unreadable files before they touch the model. Weights are read from
+    safetensors only: PEFT would fall back to a pickled .bin file otherwise."""
+    from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        json.loads((folder / CONFIG_NAME).read_text())
+        with safe_open(str(folder / SAFETENSORS_WEIGHTS_NAME), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                handle.get_tensor(key)
+    except (OSError, ValueError, SafetensorError) as error:
+        raise ModelNotAvailableError(
+            f"The adapter '{label}' could not be loaded: its files are missing or damaged "
+            f"({error.__class__.__name__}). Train it again or delete it."
+        ) from error
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    """The tokens that end an answer: the model's generation config's, and the tokenizer's."""
+    found: set[int] = set()
+    for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            found.add(value)
+        elif value:
+            found.update(int(v) for v in value)
+    return found
+
+
+def _plain_error(error: BaseException) -> BaseException:
+    """Running out of memory is the user's to fix (shorter input, shorter answers); say how.
+    Anything else is a bug and stays as it is."""
+    import torch
+
+    if isinstance(error, torch.OutOfMemoryError | MemoryError) or "out of memory" in str(error):
+        plain = GenerationError(
+            "The model ran out of memory while answering. Shorten the conversation (New chat), "
+            "lower 'Longest answer', or choose a smaller model."
+        )
+        plain.__cause__ = error
+        return plain
+    return error
+
+
+class _CountingStreamer(TextIteratorStreamer):
+    """TextIteratorStreamer that also counts new tokens, notes when the first one came, and
+    passes errors from the generating thread to the reading one."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.new_tokens = 0
+        self.first_token_at: float | None = None
+        self.error: BaseException | None = None
+        self.finished = False
+        self.finished_at: float | None = None
+
+    def put(self, value: Any) -> None:
+        if not self.next_tokens_are_prompt:
+            self.new_tokens += int(value.numel() if hasattr(value, "numel") else len(value))
+            if self.first_token_at is None:
+                self.first_token_at = time.perf_counter()
+        super().put(value)
+
+    def put_token(self, token: int) -> None:
+        """One new token from the batched decoder."""
+        import torch
+
+        self.put(torch.tensor([token]))
+
+    def finish(self) -> None:
+        if not self.finished:
+            self.finished = True
+            self.finished_at = time.perf_counter()
+            if self.error is not None or self.next_tokens_are_prompt:
+                self.text_queue.put(self.stop_signal)
+            else:
+                self.end()
+
+    def end(self) -> None:
+        self.finished = True
+        self.finished_at = time.perf_counter()
+        super().end()
+
+    def __next__(self) -> str:
+        value = self.text_queue.get(timeout=self.timeout)
+        if value == self.stop_signal:
+            if self.error is not None:
+                raise self.error
+            raise StopIteration()
+        return value

@@ -1,0 +1,44 @@
+"""The chat-model protocol's types: clean conversations, timings in plain words, and a stream
+that can be read once to its end."""
+
+import pytest
+
+from core.errors import InvalidInputError
+from core.model.chat import ChatStream, Timings, clean_messages
+
+
+def test_empty_turns_are_dropped_and_a_conversation_must_end_with_a_question() -> None:
+    messages = [
+        {"role": "system", "content": "ignored here"},
+        {"role": "user", "content": "  Hello  "},
+        {"role": "assistant", "content": ""},
+        {"role": "assistant", "content": "Hi."},
+        {"role": "user", "content": "Code?"},
+    ]
+    assert clean_messages(messages) == [
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": "Hi."},
+        {"role": "user", "content": "Code?"},
+    ]
+    with pytest.raises(InvalidInputError, match="Type a question first"):
+        clean_messages([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}])
+    with pytest.raises(InvalidInputError):
+        clean_messages([{"role": "user", "content": "   "}])
+
+
+def test_speed_counts_the_tokens_after_the_first() -> None:
+    timings = Timings(prompt_tokens=10, new_tokens=11, time_to_first_token_s=1.0, total_s=3.0)
+    assert timings.tokens_per_s == pytest.approx(5.0)
+    assert timings.summary() == (
+        "11 tokens · first token after 1.00 s · 5.0 tokens/s · 3.0 s in all"
+    )
+    assert Timings(3, 1, 0.5, 0.5).tokens_per_s == 2.0  # one token: over the whole time
+    assert Timings(3, 0, 0.0, 0.0).tokens_per_s == 0.0
+
+
+def test_a_stream_gives_its_pieces_then_the_whole_answer() -> None:
+    stream = ChatStream(iter(["The ", "code ", "is 42."]), prompt_tokens=5, prompt="user: Code?")
+    assert stream.answer is None
+    answer = stream.read()
+    assert answer.text == "The code is 42."
+    assert stream.answer is answer and answer.timings.prompt_tokens == 5

@@ -1,0 +1,139 @@
+"""Batched generation: several conversations, one model, a different adapter (or none) per row."""
+
+import threading
+
+import pytest
+
+from core.model import decode
+from core.model.chat import ChatRequest, SamplingParams
+from core.model.loading import load_chat_model
+from core.model.local import HFChatModel
+from core.training import adapters, jobs
+from core.training.config import TrainConfig
+from core.training.datasets import parse_dataset
+from tests.support.training import alpaca_rows, finished, trained, wait_for
+
+GREEDY = SamplingParams(temperature=0.0, max_new_tokens=16)
+SHORT = [{"role": "user", "content": "What is the capital of France?"}]
+LONG = [
+    {
+        "role": "user",
+        "content": "Passages: The quick brown fox jumps over the lazy dog. " * 6
+        + "Question: what jumps?",
+    }
+]
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory, tiny_model_dir):
+    """The tiny model in float32 (exact comparisons) with a trained adapter attached."""
+    from core.settings import Settings
+
+    settings = Settings(
+        _env_file=None,
+        data_dir=tmp_path_factory.mktemp("decode"),
+        base_model=str(tiny_model_dir),
+        dtype="float32",
+    )
+    run_id = trained(settings, "Tuned")
+    chat = HFChatModel(load_chat_model(settings))
+    adapters.attach(chat, settings, run_id)
+    return chat, run_id, settings
+
+
+def four_ways(run_id: str) -> list[ChatRequest]:
+    return [
+        ChatRequest(SHORT, "Be brief."),
+        ChatRequest(SHORT, "Be brief.", run_id),
+        ChatRequest(LONG, "Be brief."),
+        ChatRequest(LONG, "Be brief.", run_id),
+    ]
+
+
+def test_four_answers_in_one_batch_match_each_answer_alone(tuned) -> None:
+    chat, run_id, _ = tuned
+    requests = four_ways(run_id)
+    together = [stream.read() for stream in chat.stream_many(requests, GREEDY)]
+    alone = [
+        chat.stream_chat(r.messages, GREEDY, r.system_prompt, r.adapter).read() for r in requests
+    ]
+    assert [a.text for a in together] == [a.text for a in alone]
+    assert all(a.timings.new_tokens > 0 for a in together)
+    assert together[0].text != together[1].text  # the adapter changes the answer
+    assert together[2].text != together[3].text
+
+
+def test_the_fast_adapter_path_matches_peft_mixed_batches(tuned, monkeypatch) -> None:
+    chat, run_id, _ = tuned
+    fast = [s.read().text for s in chat.stream_many(four_ways(run_id), GREEDY)]
+    monkeypatch.setattr(decode, "_lora_layers", lambda peft_model, used: None)  # PEFT's path
+    peft = [s.read().text for s in chat.stream_many(four_ways(run_id), GREEDY)]
+    assert fast == peft
+
+
+def test_rows_end_on_their_own_and_can_be_stopped_alone(tuned) -> None:
+    chat, run_id, _ = tuned
+    params = SamplingParams(temperature=0.0, max_new_tokens=40)
+    streams = chat.stream_many(four_ways(run_id), params)
+    next(iter(streams[0]))
+    streams[0].close()  # the reader of one column went away
+    rest = [stream.read() for stream in streams[1:]]
+    assert streams[0].answer is not None and streams[0].answer.timings.new_tokens < 40
+    alone = chat.stream_chat(LONG, params, "Be brief.", run_id).read()
+    assert rest[2].text == alone.text  # the others were not disturbed
+    assert not chat._lock.locked()
+
+
+def test_two_sessions_asking_four_ways_at_once_get_their_own_answers(tuned) -> None:
+    chat, run_id, _ = tuned
+    expected = [s.read().text for s in chat.stream_many(four_ways(run_id), GREEDY)]
+    other = [ChatRequest([{"role": "user", "content": "The quick brown fox"}], "", run_id)]
+    expected_other = [s.read().text for s in chat.stream_many(other, GREEDY)]
+    results: dict[str, list[str]] = {}
+    errors: list[BaseException] = []
+
+    def session(name: str, requests: list[ChatRequest]) -> None:
+        try:
+            results[name] = [s.read().text for s in chat.stream_many(requests, GREEDY)]
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [
+        threading.Thread(target=session, args=(f"four-{i}", four_ways(run_id))) for i in range(2)
+    ] + [threading.Thread(target=session, args=("other", other))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors
+    assert results == {"four-0": expected, "four-1": expected, "other": expected_other}
+
+
+def test_sampling_with_a_seed_is_repeatable(tuned) -> None:
+    chat, run_id, _ = tuned
+    params = SamplingParams(temperature=0.9, top_p=0.9, max_new_tokens=16)
+    first = [s.read().text for s in chat.stream_many(four_ways(run_id), params, seed=7)]
+    again = [s.read().text for s in chat.stream_many(four_ways(run_id), params, seed=7)]
+    assert first == again
+
+
+def test_an_adapter_not_loaded_is_refused_plainly(tuned) -> None:
+    chat, _, _ = tuned
+    from core.errors import ModelNotAvailableError
+
+    with pytest.raises(ModelNotAvailableError, match="not loaded"):
+        chat.stream_many([ChatRequest(SHORT, "", "no-such-adapter")], GREEDY)
+
+
+def test_answers_arrive_while_a_training_run_is_in_progress(tuned) -> None:
+    chat, run_id, settings = tuned
+    busy = TrainConfig(batch_size=2, epochs=8, eval_fraction=0.05, max_length=64)
+    run = jobs.start(settings, parse_dataset("facts.jsonl", alpaca_rows(200)), busy, name="Busy")
+    try:
+        wait_for(run.folder, lambda status: status.step > 2)
+        answers = [stream.read() for stream in chat.stream_many(four_ways(run_id), GREEDY)]
+        assert all(answer.timings.new_tokens > 0 for answer in answers)
+        assert jobs.read(run.folder).active  # answered while the worker kept training
+    finally:
+        jobs.cancel(settings, run.run_id)
+        wait_for(run.folder, finished, timeout=60)

@@ -1,0 +1,62 @@
+"""Helpers for the training tests: small datasets and waiting on a worker."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from core.settings import Settings
+from core.training import jobs, worker
+from core.training.config import TrainConfig
+from core.training.datasets import parse_dataset
+
+WORDS = ["Paris", "France", "capital", "quick", "brown", "fox", "lazy", "dog", "LoRA"]
+
+
+def alpaca_rows(count: int, answer: str | None = None) -> bytes:
+    """`count` alpaca rows in words the tiny tokenizer knows, each one a little different."""
+    rows = []
+    for i in range(count):
+        word = WORDS[i % len(WORDS)]
+        rows.append(
+            {
+                "instruction": f"What is the capital of France? ({word} {i})",
+                "input": "",
+                "output": answer or f"The capital of France is Paris. {word}",
+            }
+        )
+    return "\n".join(json.dumps(r) for r in rows).encode()
+
+
+def hashes(folder: Path) -> dict[str, str]:
+    """The SHA-256 of every file in `folder`: an adapter byte for byte."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def wait_for(run_dir: Path, condition, timeout: float = 120) -> jobs.RunStatus:
+    """Poll the run until `condition(status)` holds; fail with the worker's log otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = jobs.read(run_dir)
+        if condition(status):
+            return status
+        time.sleep(0.1)
+    log = (run_dir / "train.log").read_text() if (run_dir / "train.log").exists() else ""
+    raise AssertionError(f"timed out; last status {jobs.read(run_dir)}\n{log[-3000:]}")
+
+
+def finished(status: jobs.RunStatus) -> bool:
+    return not status.active
+
+
+QUICK = TrainConfig(batch_size=4, epochs=2, max_length=64, learning_rate=5e-3)
+
+
+def trained(settings: Settings, name: str, system_prompt: str = "") -> str:
+    """An adapter trained in this process (quick with the tiny model); its run id."""
+    data = parse_dataset("facts.jsonl", alpaca_rows(40))
+    run_dir = jobs.create(settings, data, QUICK, name=name, system_prompt=system_prompt)
+    assert worker.run(run_dir) == "completed"
+    return run_dir.name

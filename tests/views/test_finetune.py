@@ -1,0 +1,135 @@
+"""The Fine-tune page through app.py, with the tiny model."""
+
+import os
+import signal
+
+import pytest
+
+from core.settings import load_settings
+from core.training import jobs, run_folder
+from core.training.config import TrainConfig
+from core.training.datasets import parse_dataset
+from tests.support.training import alpaca_rows, finished, wait_for
+from tests.views.conftest import texts
+
+PAGE = "views/finetune.py"
+
+
+@pytest.fixture
+def page(open_page):
+    at = open_page(PAGE)
+    assert not at.exception
+    yield at
+    for run in jobs.all_runs(load_settings()):
+        pid = run_folder.read_status(run.folder).get("pid")
+        if run.active and pid and pid != os.getpid():
+            os.kill(pid, signal.SIGKILL)
+
+
+def upload(at, name: str, data: bytes):
+    at.file_uploader[0].set_value([(name, data, "application/octet-stream")]).run()
+    assert not at.exception
+    return at
+
+
+def test_empty_page_explains_the_data_and_offers_an_example(page) -> None:
+    assert "Try with an example" in texts(page.info)
+    assert "Your adapters (0)" in texts(page.subheader)
+    page.button(key="ft_example").click().run()
+    assert not page.exception
+    assert "106 examples, recognised as instruction / input / output" in texts(page.success)
+    metrics = {m.label: m.value for m in page.metric}
+    assert metrics["Examples"] == "106"
+    preview = page.code[0].value
+    assert "<|im_start|>assistant" in preview and "Captain Lumen" in preview
+    presets = page.radio(key="ft_preset")
+    assert presets.value == "quick" and "about" in presets.format_func("quick")
+    assert not page.button(key="ft_start").disabled
+
+
+def test_problems_are_listed_by_line_and_training_cannot_start(page) -> None:
+    bad = alpaca_rows(3) + b'\n{"instruction": "Hi", "output": ""}\n{"oops"\n'
+    upload(page, "broken.jsonl", bad)
+    message = texts(page.error[:1])
+    assert "Line 4: 'output' is empty" in message and "Line 5: not valid JSON" in message
+    assert "Training cannot start" in message
+    assert not any(b.key == "ft_start" for b in page.button)
+
+
+def test_a_file_level_problem_is_one_clear_message(page) -> None:
+    upload(page, "latin.csv", "instruction,output\ncafé,olé\n".encode("latin-1"))
+    assert "not UTF-8" in page.error[0].value
+
+
+def test_preflight_blocks_too_few_rows_and_warns_about_no_held_out_set(page) -> None:
+    upload(page, "tiny.jsonl", alpaca_rows(5))
+    errors, warnings = texts(page.error), texts(page.warning)
+    assert "fewer than one batch" in errors
+    assert "too few to change the model" in warnings
+    assert page.button(key="ft_start").disabled
+
+
+def test_presets_fill_the_advanced_settings(page) -> None:
+    page.button(key="ft_example").click().run()
+    page.radio(key="ft_preset").set_value("thorough").run()
+    assert page.number_input(key="ft_epochs").value == 5
+    assert page.number_input(key="ft_rank").value == 32
+    page.number_input(key="ft_max_length").set_value(16).run()
+    assert "Every example is longer than the maximum length (16" in texts(page.error)
+
+
+def test_train_watch_try_rename_and_delete(page) -> None:
+    upload(page, "facts.jsonl", alpaca_rows(40))
+    page.number_input(key="ft_batch_size").set_value(4).run()
+    page.text_input(key="ft_name").set_value("Facts adapter").run()
+    page.button(key="ft_start").click().run()
+    assert not page.exception
+    run = jobs.latest_run(load_settings())
+    assert run is not None and run.name == "Facts adapter"
+    assert "Training" in texts(page.subheader)
+    # A second start is refused while the first trains (the button is disabled, and core says no).
+    if jobs.read(run.folder).active:
+        assert page.button(key="ft_start").disabled
+
+    wait_for(run.folder, finished)
+    page.run()
+    assert not page.exception
+    assert "Finished in" in texts(page.success)
+    assert "Your adapters (1)" in texts(page.subheader)
+    labels = {m.label for m in page.metric}
+    assert {"Training loss", "Held-out loss", "Tokens/s", "Time left"} <= labels
+
+    page.text_input(key="ft_try_question").set_value("What is the capital of France?")
+    page.button(key="FormSubmitter:ft_try_form-Ask both").click().run()
+    assert not page.exception
+    assert "Base model" in texts(page.markdown) and "Tuned: Facts adapter" in texts(page.markdown)
+    assert len([c for c in page.caption if "tokens/s" in str(c.value)]) == 2
+
+    page.text_input(key=f"ft_rename_to_{run.run_id}").set_value("Capitals")
+    page.button(key=f"ft_rename_{run.run_id}").click().run()
+    assert "**Capitals**" in texts(page.markdown)
+    page.checkbox(key=f"ft_delete_sure_{run.run_id}").check().run()
+    page.button(key=f"ft_delete_{run.run_id}").click().run()
+    assert "Your adapters (0)" in texts(page.subheader)
+
+
+def test_a_running_job_is_found_again_and_can_be_cancelled(page) -> None:
+    run = jobs.start(
+        load_settings(),
+        parse_dataset("long.jsonl", alpaca_rows(200)),
+        TrainConfig(batch_size=2, epochs=8, max_length=64),
+        name="Started elsewhere",
+    )
+    wait_for(run.folder, lambda s: s.step > 0)
+    page.run()  # a page (or a restarted server) that never started this run still shows it
+    assert "Started elsewhere" in texts(page.markdown)
+    assert page.get("progress")
+    page.button(key="ft_example").click().run()
+    assert page.button(key="ft_start").disabled
+    assert "one run at a time" in texts(page.info)
+    page.button(key=f"ft_cancel_{run.run_id}").click().run()
+    status = wait_for(run.folder, finished, timeout=30)
+    assert status.state == "cancelled"
+    page.run()
+    assert "Cancelled" in texts(page.info)
+    assert not page.button(key="ft_start").disabled

@@ -1,0 +1,49 @@
+import pytest
+
+from tests.views.conftest import texts
+
+
+def test_home_explains_the_choice_and_shows_the_installation(open_page) -> None:
+    at = open_page(None)
+    assert not at.exception
+    assert at.title[0].value == "LoRA-RAG Studio"
+    subheaders = [h.value for h in at.subheader]
+    assert "LoRA or RAG? When each one helps" in subheaders
+    text = texts(at.markdown)
+    assert "Best for facts" in text and "Best for behaviour" in text and "Both" in text
+    assert "tiny-llama" in text  # the configured base model (a folder in this test)
+    assert "all-MiniLM-L6-v2" in text
+    assert "CPU (" in text
+    assert "**Knowledge bases:** 0, stored on this machine." in text
+    assert "**Adapters:** 0." in text
+    assert not at.error
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("someone/not-downloaded-model", "set to work offline"),
+        ("/nowhere/model", "does not exist"),
+    ],
+)
+def test_home_says_plainly_when_the_model_is_unavailable(
+    open_page, monkeypatch, model: str, message: str
+) -> None:
+    monkeypatch.setenv("LRS_BASE_MODEL", model)
+    monkeypatch.setenv("LRS_OFFLINE", "true")
+    at = open_page(None)
+    assert not at.exception
+    assert len(at.error) == 1 and message in at.error[0].value
+    assert "Traceback" not in at.error[0].value
+
+
+def test_a_bad_setting_stops_with_a_message_not_a_traceback(open_page, monkeypatch) -> None:
+    monkeypatch.setenv("LRS_TEMPERATURE", "hot")
+    at = open_page(None)
+    assert not at.exception
+    assert "LRS_TEMPERATURE" in texts(at.error)
+
+
+def test_sidebar_names_the_model(open_page) -> None:
+    at = open_page(None)
+    assert "tiny-llama" in texts(at.sidebar.caption)
