@@ -37,3 +37,7 @@ def is_disk_full(error: BaseException) -> bool:
         return True
     text = str(error).lower()
     return "no space left" in text or "disk is full" in text  # SQLite: "database or disk is full"
+
+
+class BusyError(GenerationError):
+    """Too many answers are already waiting for the model: ask again in a moment."""

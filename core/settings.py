@@ -80,6 +80,19 @@ class Settings(BaseSettings):
         description="Most tokens of conversation the model reads at once. Empty: the model's own "
         "limit. Older turns are dropped first when a conversation grows past it.",
     )
+    max_batch: int = Field(
+        16,
+        ge=1,
+        le=256,
+        description="Most answers the embedded model writes at once, for all visitors together; "
+        "more wait for a place, people at the screen before evaluations.",
+    )
+    max_waiting: int = Field(
+        32,
+        ge=1,
+        description="Most answers that may wait for a place. Past it a visitor is told that "
+        "the studio is busy and how many answers are ahead, instead of waiting without a word.",
+    )
     max_upload_mb: int = Field(50, ge=1, description="The largest file you can upload, in MB.")
     chroma_host: str | None = Field(
         None,

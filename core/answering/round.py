@@ -2,7 +2,7 @@
 
 The round retrieves once, builds each mode's request (its own history, the adapter's
 instructions for the tuned modes, the passages for the reading modes) and streams every request
-as one batch (core.model.decode), so four answers cost about as much as one. Whatever keeps a
+as one batch (core.model.engine), so four answers cost about as much as one. Whatever keeps a
 mode from answering (no adapter, no knowledge base, an adapter that cannot load, a search that
 fails) becomes that mode's plain problem; the other modes still answer.
 
@@ -132,12 +132,20 @@ def requests(
 
 
 def start(
-    chat: ChatModel, rounds: Sequence[Round], params: SamplingParams, seed: int | None = None
+    chat: ChatModel,
+    rounds: Sequence[Round],
+    params: SamplingParams,
+    seed: int | None = None,
+    *,
+    background: bool = False,
 ) -> None:
-    """Start every request of every round as one batch. A StudioError here (the model cannot
-    answer at all) is raised; a problem of one answer shows up when its stream is read."""
+    """Start every request of every round as one batch (`background`: behind people's
+    answers). A StudioError here (the model cannot answer at all, or it is busy) is raised; a
+    problem of one answer shows up when its stream is read."""
     flat = [(round_, key) for round_ in rounds for key in round_.answering]
-    streams = chat.stream_many([r.requests[k] for r, k in flat], params, seed=seed)
+    streams = chat.stream_many(
+        [r.requests[k] for r, k in flat], params, seed=seed, background=background
+    )
     for (round_, key), stream in zip(flat, streams, strict=True):
         round_.streams[key] = stream
 
@@ -209,12 +217,14 @@ def ask_many(
     kb: KnowledgeBase | None = None,
     top_k: int = 4,
     seed: int | None = None,
+    background: bool = False,
 ) -> list[Exchange]:
     """Several independent questions in every mode, generated together; one exchange each.
-    `adapter` is already attached (`adapters.attach`)."""
+    `adapter` is already attached (`adapters.attach`); `background` answers wait behind
+    people's."""
     rounds = [
         prepare(question, modes, system_prompt=system_prompt, adapter=adapter, kb=kb, top_k=top_k)
         for question in questions
     ]
-    start(chat, rounds, params, seed=seed)
+    start(chat, rounds, params, seed=seed, background=background)
     return [finish(round_, read_all(round_)) for round_ in rounds]

@@ -256,6 +256,7 @@ def answer_batch(
         kb=kb,
         top_k=report.top_k,
         seed=0,
+        background=True,
     )
     results = []
     for item, exchange in zip(chunk, exchanges, strict=True):

@@ -184,7 +184,12 @@ class ChatModel(Protocol):
     ) -> ChatStream: ...
 
     def stream_many(
-        self, requests: Sequence[ChatRequest], params: SamplingParams, seed: int | None = None
+        self,
+        requests: Sequence[ChatRequest],
+        params: SamplingParams,
+        seed: int | None = None,
+        *,
+        background: bool = False,
     ) -> list[ChatStream]: ...
 
     def load_adapter(self, name: str, folder: Path, label: str = "") -> None: ...

@@ -21,38 +21,50 @@ from __future__ import annotations
 
 import functools
 import os
+import queue
 import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
+_jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = queue.SimpleQueue()
 _torch_thread = threading.local()
 
 
-def _mark() -> None:
+def _run(future: Future[Any], job: Callable[[], Any]) -> None:
+    if future.set_running_or_notify_cancel():
+        try:
+            future.set_result(job())
+        except BaseException as error:  # handed to whoever waits on the future
+            future.set_exception(error)
+
+
+def _work() -> None:
     _torch_thread.active = True
+    while (item := _jobs.get()) is not None:
+        _run(*item)
 
 
-_executor.submit(_mark)
-
-
-def _stop_decoding() -> None:
+def _stop() -> None:
     decode = sys.modules.get("core.model.decode")  # not imported: nothing is decoding
     if decode is not None:
         decode.stopping.set()
+    _jobs.put(None)
 
 
-# At interpreter shutdown (a studio sent SIGTERM) the torch thread is joined before the process
-# can exit: end the answers it is decoding first. Hooks registered here run before the join
-# concurrent.futures registered at its import (they run newest first).
-threading._register_atexit(_stop_decoding)  # type: ignore[attr-defined]
+# The torch thread is not a daemon: a daemon thread inside a torch kernel at interpreter exit can
+# crash the process. At shutdown (a studio sent SIGTERM) it is joined before the process exits:
+# hooks registered here run before that join, so the answers it is decoding end at their next
+# token and the thread leaves its loop.
+threading._register_atexit(_stop)  # type: ignore[attr-defined]
+_thread = threading.Thread(target=_work, name="torch", daemon=False)
+_thread.start()
 
 
 def _cores() -> int:
@@ -117,7 +129,30 @@ def _with_fair_threads(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) ->
 def submit(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Future[T]:
     """Queue `fn` on the torch thread; jobs run one after another, in order, each on the cores
     other processes leave free."""
-    return _executor.submit(functools.partial(_with_fair_threads, fn, *args, **kwargs))
+    future: Future[T] = Future()
+    _jobs.put((future, functools.partial(_with_fair_threads, fn, *args, **kwargs)))
+    return future
+
+
+def waiting() -> bool:
+    """Whether jobs are queued for the torch thread (a long job then lets them in)."""
+    return not _jobs.empty()
+
+
+def run_waiting() -> None:
+    """Run the jobs queued so far, from inside a long job on the torch thread (the engine's
+    decoding loop, between two tokens), so that loading an adapter or embedding a question never
+    waits for every answer in progress to end."""
+    assert getattr(_torch_thread, "active", False), "only the torch thread runs its jobs"
+    while True:
+        try:
+            item = _jobs.get_nowait()
+        except queue.Empty:
+            return
+        if item is None:  # shutting down: leave the sentinel for the thread's own loop
+            _jobs.put(None)
+            return
+        _run(*item)
 
 
 def call(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

@@ -1,59 +1,41 @@
-"""Batched decoding: several prompts on one base model, each row with its own LoRA adapter or none.
+"""Batched decoding: rows of several prompts on one base model, each with its own LoRA adapter
+or none, joining and leaving a running batch at token boundaries (continuous batching).
 
-This is how the arena answers four ways at the price of about one:
+This is how four answers, or four visitors, cost about as much as one:
 
-- Each prompt is read (prefilled) on its own, shortest first. A short prompt never pays for a
-  long one's padding, and each row's first token is out as soon as its own prompt is read.
-- The rows' caches are then laid side by side, left-padded, in one static cache, and all rows
-  decode together: one forward pass per step reads the weights once for every row. On a CPU,
-  decoding is bound by reading the weights, so four rows cost little more than one; a static
-  cache also avoids copying the growing cache at every step (measured here: 5 ms of a 25 ms
-  step at 300 tokens).
+- A row joining the batch is read (prefilled) on its own, shortest first: a short prompt never
+  pays for a long one's padding, and each row's first token is out as soon as its own prompt is
+  read.
+- The rows' caches lie side by side in one static cache, right-aligned at a shared write
+  position, and all rows decode together: one forward pass per step reads the weights once for
+  every row. On a CPU, decoding is bound by reading the weights, so four rows cost little more
+  than one; a static cache also avoids copying the growing cache at every step (measured here:
+  5 ms of a 25 ms step at 300 tokens). When rows join or leave, the cache is laid out again for
+  the rows that remain (one copy of their keys and values, at a token boundary).
 - Adapters come from PEFT and are never merged, so one copy of the base model serves every row.
-  Prefill uses PEFT's `adapter_names` (`"__base__"` means no adapter). For decoding, the rows of
-  one adapter lie side by side and a forward hook adds that adapter's low-rank update to their
-  slice, in float32 (products this small are faster there), with x A^T computed once for the
-  layers that read the same input (q, k, v; gate, up). PEFT's mixed-batch path gathers and
-  scatters the sub-batch of every adapter in every layer, which nearly doubled a decoding step
-  here (49 ms against 29 ms for four rows of the default model; the hooks cost about 5 ms).
-  Adapters the hooks do not cover (DoRA and other variants) decode through PEFT's
-  `adapter_names` unchanged; tests check that both paths give the same tokens.
+  Prefill uses PEFT's `adapter_names` (`"__base__"` means no adapter); decoding adds each
+  adapter's update to its rows' slice (core.model.fast_paths).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-BASE = "__base__"  # PEFT's adapter name for "no adapter" in a mixed batch
+from core.errors import ModelNotAvailableError
+from core.model import fast_paths
+from core.model.fast_paths import BASE
+
+__all__ = ["BASE", "Batch", "Row", "Sampling", "stopping"]
+
 # Set when the process shuts down (compute.py): every row still decoding ends at its next token,
 # so that a studio sent SIGTERM exits in seconds instead of finishing its answers first.
 stopping = threading.Event()
-ATTENTION = "studio"  # our attention function's name in transformers' AttentionInterface
-
-
-@dataclass
-class Row:
-    """One answer to generate. `emit` receives each new token id and `finish` is called once
-    the row has ended, while the others may go on; setting `cancel` stops the row."""
-
-    ids: list[int]
-    max_new_tokens: int
-    emit: Callable[[int], None]
-    adapter: str = BASE
-    finish: Callable[[], None] = lambda: None
-    cancel: threading.Event = field(default_factory=threading.Event)
-    done: threading.Event = field(default_factory=threading.Event)
-
-    def end(self) -> None:
-        if not self.done.is_set():
-            self.done.set()
-            self.finish()
 
 
 @dataclass(frozen=True)
@@ -63,123 +45,220 @@ class Sampling:
     seed: int | None = None
 
 
-def decode(
-    model: Any,
-    rows: Sequence[Row],
-    sampling: Sampling,
-    eos_ids: set[int],
-    peft_model: Any = None,
-) -> None:
-    """Generate every row to its end (an end-of-answer token, its length limit, or `cancel`).
+@dataclass(eq=False)
+class Row:
+    """One answer to generate. `emit` receives each new token id and `finish` is called once
+    the row has ended, while the others may go on; `fail` gets the error that ended it, before
+    `finish`. Setting `cancel` stops the row at its next token. `background` rows (an
+    evaluation) wait while rows of people at the screen are waiting."""
 
-    `model` is the base transformers model (with PEFT's LoRA layers inside when `peft_model`
-    wraps it). Each row ends (`finish`, then `done`) as soon as it is complete; on an error,
-    the rows still running get `done` without `finish`, for the caller to report the error.
-    """
-    if not rows:
-        return
-    try:
-        _decode(model, rows, sampling, eos_ids, peft_model)
-    finally:
-        for row in rows:
-            row.done.set()
+    ids: list[int]
+    max_new_tokens: int
+    emit: Callable[[int], None]
+    adapter: str = BASE
+    finish: Callable[[], None] = lambda: None
+    fail: Callable[[BaseException], None] = lambda error: None
+    sampling: Sampling = Sampling()
+    background: bool = False
+    cancel: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    new_tokens: int = 0  # tokens emitted so far
+    last_token: int = 0
+
+    @property
+    def stopped(self) -> bool:
+        return self.cancel.is_set() or stopping.is_set()
+
+    @property
+    def cached(self) -> int:
+        """Tokens of this row in the cache: its prompt and every new token but the last."""
+        return len(self.ids) + max(0, self.new_tokens - 1)
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.max_new_tokens - self.new_tokens)
+
+    def end(self) -> None:
+        if not self.done.is_set():
+            self.done.set()
+            self.finish()
+
+    def end_with(self, error: BaseException) -> None:
+        if not self.done.is_set():
+            self.fail(error)
+            self.end()
 
 
-def _decode(
-    model: Any, rows: Sequence[Row], sampling: Sampling, eos_ids: set[int], peft_model: Any
-) -> None:
-    # A few lines over our usual 60: the three steps below share `take` and the rows' state,
-    # and this is the hot loop of every answer; the cache merge is already apart.
-    from transformers import DynamicCache
+class Batch:
+    """The rows decoding together on one model. `admit` reads new rows' prompts and lays every
+    row's cache out again; `step` makes one token for every row; `pause` hands the model back
+    (PEFT's layers in place) so that adapters can be loaded between two steps."""
 
-    device = model.device
-    pick = _sampler(sampling, device)
-    # Rows of one adapter side by side: decoding then adds each adapter's update to one slice.
-    rows = sorted(rows, key=lambda row: row.adapter)
-    new = [0] * len(rows)
-    last = torch.zeros((len(rows), 1), dtype=torch.long, device=device)
+    def __init__(self, model: Any, eos_ids: set[int], peft: Callable[[], Any]) -> None:
+        self.model = model
+        self.eos_ids = eos_ids
+        self._peft = peft  # PEFT's wrapper as it is now (adapters may be loaded between steps)
+        self.rows: list[Row] = []  # rows of one adapter side by side
+        self._cache: Any = None
+        self._mask: torch.Tensor | None = None
+        self._pickers: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}
+        self._fast = ExitStack()
+        self._fast_on: bool | None = None  # None: the fast path is not entered
 
-    def take(index: int, token: int) -> None:
-        row = rows[index]
+    # -- rows joining -------------------------------------------------------------------------
+    def admit(self, rows: Sequence[Row]) -> None:
+        """Read each new row's prompt (shortest first) and its first token; then every row still
+        running shares one cache again. A row whose prompt cannot be read ends with its error."""
+        self.pause()
+        caches: dict[int, Any] = {}
+        for row in sorted(rows, key=lambda r: len(r.ids)):
+            if row.stopped or row.max_new_tokens < 1:
+                row.end()
+                continue
+            peft = self._peft()
+            if row.adapter != BASE and (peft is None or row.adapter not in peft.peft_config):
+                row.end_with(
+                    ModelNotAvailableError(
+                        "The adapter of this answer was unloaded while it waited: ask again."
+                    )
+                )
+                continue
+            try:
+                caches[id(row)] = self._prefill(row)
+            except Exception as error:  # this row's problem; the batch goes on
+                row.end_with(error)
+        joined = [row for row in rows if id(row) in caches and not row.done.is_set()]
+        self._layout(joined, caches)
+
+    def _prefill(self, row: Row) -> Any:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        ids = torch.tensor([row.ids], device=self.model.device)
+        logits = _forward(self.model, self._peft(), [row.adapter], input_ids=ids, cache=cache)
+        self._pickers[id(row)] = _sampler(row.sampling, self.model.device)
+        self._take(row, int(self._pickers[id(row)](logits[:, -1])[0]))
+        return cache
+
+    def _take(self, row: Row, token: int) -> None:
         row.emit(token)
-        new[index] += 1
-        last[index, 0] = token
-        if token in eos_ids or new[index] >= row.max_new_tokens:
+        row.new_tokens += 1
+        row.last_token = token
+        if token in self.eos_ids or row.new_tokens >= row.max_new_tokens:
             row.end()
 
-    # 1. Read each prompt on its own, shortest first: a short prompt never pays for a long
-    # one's padding, and each row's first token is out as soon as its own prompt is read.
-    caches: dict[int, Any] = {}
-    for index in sorted(range(len(rows)), key=lambda i: len(rows[i].ids)):
-        row = rows[index]
-        if row.cancel.is_set() or stopping.is_set() or row.max_new_tokens < 1:
-            row.end()
-            continue
-        row_cache = DynamicCache(config=model.config)
-        ids = torch.tensor([row.ids], device=device)
-        logits = _forward(model, peft_model, [row.adapter], input_ids=ids, cache=row_cache)
-        caches[index] = row_cache
-        take(index, int(pick(logits[:, -1])[0]))
-    active = [i for i in range(len(rows)) if not rows[i].done.is_set()]
-    if not active:
-        return
+    def _layout(self, joined: Sequence[Row], caches: dict[int, Any]) -> None:
+        """One static cache for the rows still running and `joined`, each row's keys and values
+        right-aligned at the write position, with room for the longest remaining answer; and the
+        attention mask that hides the padding on the left."""
+        from transformers import StaticCache
 
-    # 2. Lay the caches side by side, left-padded, in one static cache for every row.
-    longest = max(rows[i].max_new_tokens for i in active)
-    cache, mask = _side_by_side(model, rows, caches, longest)
-    del caches
-    positions = torch.tensor([[len(row.ids)] for row in rows], device=device)
-    adapters = [row.adapter for row in rows]
+        staying = [row for row in self.rows if not row.done.is_set()]
+        slots = {id(row): slot for slot, row in enumerate(self.rows)}  # in the old cache
+        old, old_end = self._cache, self._end()
+        rows = sorted([*staying, *joined], key=lambda row: row.adapter)
+        for gone in self.rows:
+            if gone.done.is_set():
+                self._pickers.pop(id(gone), None)
+        self.rows = rows
+        if not rows:
+            self._cache = self._mask = None
+            return
+        end = max(row.cached for row in rows)
+        capacity = end + max(row.remaining for row in rows)
+        source = old if old is not None else next(iter(caches.values()))
+        first = source.layers[0].keys
+        device = self.model.device
+        cache: Any = StaticCache(config=self.model.config, max_cache_len=capacity)
+        cache.early_initialization(len(rows), first.shape[1], first.shape[3], first.dtype, device)
+        mask = torch.zeros((len(rows), capacity), dtype=torch.long, device=device)
+        for slot, row in enumerate(rows):
+            length = row.cached
+            if id(row) in caches:
+                layers, index, columns = caches[id(row)].layers, 0, slice(0, length)
+            else:
+                layers, index, columns = (
+                    old.layers,
+                    slots[id(row)],
+                    slice(old_end - length, old_end),
+                )
+            for target, layer in zip(cache.layers, layers, strict=True):
+                target.keys[slot, :, end - length : end] = layer.keys[index, :, columns]
+                target.values[slot, :, end - length : end] = layer.values[index, :, columns]
+            mask[slot, end - length :] = 1
+        for layer in cache.layers:
+            layer.cumulative_length.fill_(end)
+        self._cache, self._mask = cache, mask
 
-    # 3. Decode all rows together until each has ended.
-    with _fast_lora(peft_model, adapters) as fast:
-        names = None if fast else adapters
-        while True:
-            for index in active:
-                if rows[index].cancel.is_set() or stopping.is_set():
-                    rows[index].end()
-            active = [i for i in active if not rows[i].done.is_set()]
-            if not active:
-                return
-            logits = _forward(
-                model,
-                None if fast else peft_model,
-                names,
-                input_ids=last,
-                attention_mask=mask,
-                position_ids=positions,
-                cache=cache,
+    def _end(self) -> int:
+        return int(self._cache.layers[0].cumulative_length) if self._cache is not None else 0
+
+    # -- decoding -----------------------------------------------------------------------------
+    def step(self) -> None:
+        """One new token for every running row; rows that end leave the batch."""
+        for row in self.rows:
+            if row.stopped:
+                row.end()
+        if any(row.done.is_set() for row in self.rows):
+            self.pause()
+            self._layout([], {})
+        if not self.rows:
+            return
+        if self._fast_on is None:
+            self._fast_on = self._fast.enter_context(
+                fast_paths.fast_lora(self._peft(), [row.adapter for row in self.rows])
             )
-            tokens = pick(logits[:, -1])
-            for index in active:
-                take(index, int(tokens[index]))
-            positions = positions + 1
+        fast = self._fast_on
+        device = self.model.device
+        logits = _forward(
+            self.model,
+            None if fast else self._peft(),
+            None if fast else [row.adapter for row in self.rows],
+            input_ids=torch.tensor([[row.last_token] for row in self.rows], device=device),
+            attention_mask=self._mask,
+            position_ids=torch.tensor([[row.cached] for row in self.rows], device=device),
+            cache=self._cache,
+        )[:, -1]
+        tokens = self._pick(logits)
+        for row, token in zip(self.rows, tokens, strict=True):
+            self._take(row, token)
+
+    def _pick(self, logits: torch.Tensor) -> list[int]:
+        if all(row.sampling.temperature <= 0 for row in self.rows):
+            return logits.argmax(dim=-1).tolist()
+        return [
+            int(self._pickers[id(row)](logits[slot : slot + 1])[0])
+            for slot, row in enumerate(self.rows)
+        ]
+
+    def pause(self) -> None:
+        """Leave the fast path: PEFT's layers are back in the model."""
+        self._fast.close()
+        self._fast_on = None
+
+    def fail(self, error: BaseException) -> None:
+        """End every row with `error` (the model failed in a step)."""
+        self.pause()
+        for row in self.rows:
+            row.end_with(error)
+        self.rows, self._cache, self._mask = [], None, None
+        self._pickers.clear()
 
 
-def _side_by_side(
-    model: Any, rows: Sequence[Row], caches: dict[int, Any], longest: int
-) -> tuple[Any, Any]:
-    """One static cache holding every row's prompt cache, left-padded to the longest prompt,
-    with room for `longest` new tokens; and the attention mask that hides the padding."""
-    from transformers import StaticCache
-
-    device = model.device
-    prompt_len = max(len(rows[i].ids) for i in caches)
-    # Any: transformers types its cache layers as a union whose members differ; these are the
-    # static layers StaticCache makes.
-    cache: Any = StaticCache(config=model.config, max_cache_len=prompt_len + longest)
-    first = next(iter(caches.values())).layers[0].keys
-    cache.early_initialization(len(rows), first.shape[1], first.shape[3], first.dtype, device)
-    mask = torch.zeros((len(rows), prompt_len + longest), dtype=torch.long, device=device)
-    for index, row_cache in caches.items():
-        start = prompt_len - len(rows[index].ids)
-        for target, source in zip(cache.layers, row_cache.layers, strict=True):
-            target.keys[index, :, start:prompt_len] = source.keys[0]
-            target.values[index, :, start:prompt_len] = source.values[0]
-        mask[index, start:] = 1
-    for layer in cache.layers:
-        layer.cumulative_length.fill_(prompt_len)
-    return cache, mask
+def decode(model: Any, rows: Sequence[Row], eos_ids: set[int], peft_model: Any = None) -> None:
+    """Generate `rows` to their ends in one batch, on the calling thread (tests and benchmarks;
+    the studio's answers go through core.model.engine)."""
+    batch = Batch(model, eos_ids, lambda: peft_model)
+    try:
+        with torch.inference_mode():
+            batch.admit(rows)
+            while batch.rows:
+                batch.step()
+    except BaseException as error:
+        batch.fail(error)
+        raise
+    finally:
+        batch.pause()
 
 
 def _forward(model: Any, peft_model: Any, adapters: list[str] | None, **inputs: Any) -> Any:
@@ -211,188 +290,5 @@ def _sampler(sampling: Sampling, device: Any) -> Callable[[torch.Tensor], torch.
     return pick
 
 
-# -- attention for one new token per row -----------------------------------------------------------
-def use_fast_attention(model: Any) -> None:
-    """Give a CPU model that uses PyTorch's SDPA our attention function (through transformers'
-    public AttentionInterface): SDPA for reading prompts, two small matrix products for
-    decoding. PyTorch's CPU SDPA kernel took 0.4-1.4 ms per call for one bfloat16 query against
-    a cache of 870 tokens here, against 0.1 ms for the products: 12 ms of a 37 ms step."""
-    from transformers import AttentionInterface
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    if model.device.type != "cpu" or model.config._attn_implementation != "sdpa":
-        return
-
-    def attention(
-        module: Any,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        dropout: float = 0.0,
-        scaling: float | None = None,
-        **kwargs: Any,
-    ) -> tuple[torch.Tensor, None]:
-        if query.shape[2] != 1 or dropout:
-            return sdpa_attention_forward(
-                module,
-                query,
-                key,
-                value,
-                attention_mask,
-                dropout=dropout,
-                scaling=scaling,
-                **kwargs,
-            )
-        rows, heads, _, dim = query.shape
-        groups = key.shape[1]  # grouped-query attention: each key head serves heads // groups
-        scale = scaling if scaling is not None else dim**-0.5
-        grouped = (query * scale).reshape(rows, groups, heads // groups, dim)
-        scores = torch.matmul(grouped, key.transpose(-1, -2)).float()
-        if attention_mask is not None:
-            if attention_mask.dtype == torch.bool:
-                scores.masked_fill_(_inverted(attention_mask), float("-inf"))
-            else:
-                scores.add_(attention_mask)
-        probs = torch.softmax(scores, dim=-1).to(value.dtype)
-        out = torch.matmul(probs, value).reshape(rows, heads, 1, dim)
-        return out.transpose(1, 2).contiguous(), None
-
-    last: list[torch.Tensor] = []  # (mask, its inverse): every layer of a step gets the same mask
-
-    def _inverted(mask: torch.Tensor) -> torch.Tensor:
-        if not last or last[0] is not mask:
-            last[:] = [mask, ~mask]
-        return last[1]
-
-    AttentionInterface.register(ATTENTION, attention)
-    AttentionMaskInterface.register(ATTENTION, sdpa_mask)
-    model.set_attn_implementation(ATTENTION)
-
-
-# -- the fast mixed-adapter path for decoding ------------------------------------------------------
-@contextmanager
-def _fast_lora(peft_model: Any, adapters: Sequence[str]) -> Iterator[bool]:
-    """While active, PEFT's LoRA layers are replaced by the plain layers they wrap, and a forward
-    hook on each adapted one adds `(x A^T) (scaling B)^T` to the rows of that adapter, which lie
-    side by side; call the base model then. Yields False (and changes nothing) when PEFT's path
-    must be used instead."""
-    if peft_model is None:
-        yield True
-        return
-    used = sorted({name for name in adapters if name != BASE})
-    layers = _lora_layers(peft_model, used) if used else []
-    if layers is None:
-        yield False
-        return
-    spans = {
-        name: (adapters.index(name), len(adapters) - adapters[::-1].index(name)) for name in used
-    }
-    # Layers of one parent that take inputs of one width (q, k, v and o; gate and up) share a
-    # product: the first to see an input computes x A^T for all of them.
-    members: dict[tuple[str, int, str], list[tuple[Any, torch.Tensor, torch.Tensor]]] = {}
-    for path, layer in layers:
-        for name, (down, up) in _low_rank(layer, used).items():
-            key = (path.rpartition(".")[0], down.shape[1], name)
-            members.setdefault(key, []).append((layer, down, up))
-    updates: dict[int, list[tuple[int, int, _SharedProduct, slice, torch.Tensor]]] = {}
-    for (_, _, name), group in members.items():
-        shared = _SharedProduct(torch.cat([down for _, down, _ in group]))
-        offset = 0
-        for layer, down, up in group:
-            columns = slice(offset, offset + down.shape[0])
-            updates.setdefault(id(layer), []).append((*spans[name], shared, columns, up))
-            offset += down.shape[0]
-    # PEFT's wrappers step aside while decoding: their own forward costs about 2 ms a step even
-    # with adapters disabled. The plain layers they wrap take their place, hooks and all.
-    from peft.tuners.lora import LoraLayer
-
-    wrappers = [(p, m) for p, m in peft_model.named_modules() if isinstance(m, LoraLayer)]
-    handles = []
-    try:
-        for _, layer in layers:
-            handles.append(layer.base_layer.register_forward_hook(_adder(updates[id(layer)])))
-        for path, wrapper in wrappers:
-            parent, _, attribute = path.rpartition(".")
-            setattr(peft_model.get_submodule(parent), attribute, wrapper.base_layer)
-        yield True
-    finally:
-        for path, wrapper in wrappers:
-            parent, _, attribute = path.rpartition(".")
-            setattr(peft_model.get_submodule(parent), attribute, wrapper)
-        for handle in handles:
-            handle.remove()
-
-
-class _SharedProduct:
-    """x A^T for the stacked A of several layers, computed once per input tensor."""
-
-    def __init__(self, down: torch.Tensor) -> None:
-        self.down = down
-        self.seen: torch.Tensor | None = None  # held, so its identity cannot be reused
-        self.value = down
-
-    def of(self, x: torch.Tensor, start: int, end: int) -> torch.Tensor:
-        if self.seen is not x:
-            rows = x[start:end]
-            flat = rows.reshape(-1, rows.shape[-1]).to(self.down.dtype)
-            self.value = torch.nn.functional.linear(flat, self.down)
-            self.seen = x
-        return self.value
-
-
-def _adder(updates: list[tuple[int, int, _SharedProduct, slice, torch.Tensor]]) -> Any:
-    def hook(module: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
-        x = inputs[0]
-        for start, end, shared, columns, up in updates:
-            low = shared.of(x, start, end)[:, columns]
-            target = output[start:end]
-            target.view(-1, target.shape[-1]).add_(torch.mm(low, up).to(output.dtype))
-        return output
-
-    return hook
-
-
-def _lora_layers(peft_model: Any, used: Sequence[str]) -> list[tuple[str, Any]] | None:
-    """PEFT's LoRA layers of the used adapters with their paths, or None when one is not a plain
-    linear LoRA."""
-    from peft.tuners.lora import Linear, LoraLayer
-
-    layers = []
-    for path, module in peft_model.named_modules():
-        if not isinstance(module, LoraLayer):
-            continue
-        present = [name for name in used if name in module.lora_A]
-        if not present:
-            continue
-        if not isinstance(module, Linear) or any(n in module.lora_variant for n in present):
-            return None
-        if getattr(module, "fan_in_fan_out", False) or module.merged:
-            return None
-        layers.append((path, module))
-    return layers
-
-
-def _low_rank(layer: Any, used: Sequence[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per adapter: A, and (scaling * B) transposed, in float32: products this small run about
-    twice as fast in float32 as in bfloat16 on a CPU (measured: 14 against 32 us per layer)."""
-    cached = layer.__dict__.setdefault("_studio_low_rank", {})
-    found = {}
-    for name in used:
-        if name not in layer.lora_A:
-            continue
-        if name not in cached:
-            down = layer.lora_A[name].weight.detach().float()
-            up = layer.lora_B[name].weight.detach().float() * layer.scaling[name]
-            cached[name] = (down.contiguous(), up.t().contiguous())
-        found[name] = cached[name]
-    return found
-
-
-def forget_low_rank(peft_model: Any, name: str) -> None:
-    """Drop the decoding copies of an adapter's weights (when it is unloaded)."""
-    for module in peft_model.modules():
-        cached = module.__dict__.get("_studio_low_rank")
-        if cached:
-            cached.pop(name, None)
+use_fast_attention = fast_paths.use_fast_attention
+forget_low_rank = fast_paths.forget_low_rank

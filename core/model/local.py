@@ -17,6 +17,7 @@ from transformers import TextIteratorStreamer
 from core.errors import GenerationError, InvalidInputError, ModelNotAvailableError
 from core.model import compute, decode
 from core.model.chat import ChatRequest, ChatStream, Message, SamplingParams, clean_messages
+from core.model.engine import Engine
 from core.model.loading import LoadedModel
 
 MAX_LOADED_ADAPTERS = 4  # adapters kept beside the base weights; the least recently used goes
@@ -26,18 +27,31 @@ class HFChatModel:
     """A transformers model answering chats, with LoRA adapters beside its weights. One batch at
     a time per model: callers queue."""
 
-    def __init__(self, loaded: LoadedModel, context_window: int | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        context_window: int | None = None,
+        *,
+        max_batch: int = 16,
+        max_waiting: int = 32,
+    ) -> None:
         self.loaded = loaded
         self.name = loaded.name
         self.tokenizer = loaded.tokenizer
         model_limit = getattr(loaded.model.config, "max_position_embeddings", None) or 2048
         self.context_window = min(context_window or model_limit, model_limit)
-        # Answers run one after another on the torch thread (see core.model.compute): on a few CPU
-        # cores two at once are no faster. The lock keeps that true for any other caller too.
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # adapters are loaded one at a time
         decode.use_fast_attention(loaded.model)
         self._peft: Any = None  # PEFT's wrapper, once an adapter is loaded
         self._adapters: list[str] = []  # loaded adapters, least recently used first
+        # Every answer of every session is a row of this one engine's batch.
+        self.engine = Engine(
+            loaded.model,
+            _eos_ids(loaded.model, self.tokenizer),
+            lambda: self._peft,
+            max_batch=max_batch,
+            max_waiting=max_waiting,
+        )
 
     # -- prompt ---------------------------------------------------------------------------------
     def _encode(self, messages: Sequence[Message]) -> list[int]:
@@ -145,8 +159,13 @@ class HFChatModel:
                 ) from error
             self._peft.eval()
             self._adapters.append(name)
+            # The least recently used go, unless an answer waiting or in progress needs them.
+            needed = self.engine.in_use() | {name}
             while len(self._adapters) > MAX_LOADED_ADAPTERS:
-                oldest = self._adapters.pop(0)
+                oldest = next((a for a in self._adapters if a not in needed), None)
+                if oldest is None:
+                    break
+                self._adapters.remove(oldest)
                 self._peft.delete_adapter(oldest)
                 decode.forget_low_rank(self._peft, oldest)
 
@@ -161,15 +180,17 @@ class HFChatModel:
         return self.stream_many([ChatRequest(messages, system_prompt, adapter)], params)[0]
 
     def stream_many(
-        self, requests: Sequence[ChatRequest], params: SamplingParams, seed: int | None = None
+        self,
+        requests: Sequence[ChatRequest],
+        params: SamplingParams,
+        seed: int | None = None,
+        *,
+        background: bool = False,
     ) -> list[ChatStream]:
-        """Answer several conversations at once, in one batch on one copy of the model; each
-        may use its own adapter (loaded first with `load_adapter`). One stream per request."""
-        # Longer than our usual 60 lines on purpose: the rows, the job on the torch thread and
-        # the streams share these locals through two closures; apart, they would travel as one
-        # bundle of arguments between three functions that only make sense together.
-        import torch
-
+        """Answer several conversations at once on one copy of the model, each with its own
+        adapter (loaded first with `load_adapter`): their rows join the engine's batch, beside
+        every other session's. One stream per request. `background` answers (an evaluation) let
+        people's answers go first. Raises BusyError when too many answers are waiting."""
         prompts = [
             self.build_prompt(r.messages, r.system_prompt, params.max_new_tokens) for r in requests
         ]
@@ -178,59 +199,42 @@ class HFChatModel:
                 raise ModelNotAvailableError(
                     f"The adapter '{request.adapter}' is not loaded: choose it again."
                 )
-        streamers = [_CountingStreamer(self.tokenizer) for _ in requests]
-        rows = [
-            decode.Row(
+        sampling = decode.Sampling(temperature=params.temperature, top_p=params.top_p, seed=seed)
+        streams, rows = [], []
+        for (ids, notices, max_new), request in zip(prompts, requests, strict=True):
+            streamer = _CountingStreamer(self.tokenizer)
+            row = decode.Row(
                 ids=ids,
                 max_new_tokens=max_new,
                 emit=streamer.put_token,
                 adapter=request.adapter or decode.BASE,
                 finish=streamer.finish,
+                fail=streamer.fail,
+                sampling=sampling,
+                background=background,
             )
-            for (ids, _, max_new), request, streamer in zip(
-                prompts, requests, streamers, strict=True
+            streamer.put_prompt(ids)
+            rows.append(row)
+            streams.append(
+                ChatStream(
+                    iter(streamer),
+                    prompt_tokens=len(ids),
+                    notices=notices,
+                    prompt=self.tokenizer.decode(ids),
+                    source=streamer,
+                    cancel=row.cancel.set,
+                    wait=_waiter(row),
+                )
             )
-        ]
-        sampling = decode.Sampling(temperature=params.temperature, top_p=params.top_p, seed=seed)
-        model = self.loaded.model
-        eos = _eos_ids(model, self.tokenizer)
+        self.engine.submit(rows)
+        return streams
 
-        def run() -> None:
-            try:
-                with self._lock, torch.inference_mode():
-                    for row, streamer in zip(rows, streamers, strict=True):
-                        streamer.put(torch.tensor(row.ids))  # the prompt, which it skips
-                    decode.decode(model, rows, sampling, eos, self._peft)
-            except BaseException as error:  # handed to the reading threads, which re-raise it
-                for streamer in streamers:
-                    if not streamer.finished:  # answers already complete stay as they are
-                        streamer.error = _plain_error(error)
-            finally:
-                for streamer in streamers:
-                    streamer.finish()
 
-        job = compute.submit(run)
+def _waiter(row: decode.Row) -> Callable[[], None]:
+    def wait() -> None:
+        row.done.wait()
 
-        def waiter(row: decode.Row) -> Callable[[], None]:
-            def wait() -> None:
-                row.done.wait()
-                if all(r.done.is_set() for r in rows):
-                    job.result()  # the last one out waits until the model is free again
-
-            return wait
-
-        return [
-            ChatStream(
-                iter(streamer),
-                prompt_tokens=len(ids),
-                notices=notices,
-                prompt=self.tokenizer.decode(ids),
-                source=streamer,
-                cancel=row.cancel.set,
-                wait=waiter(row),
-            )
-            for (ids, notices, _), row, streamer in zip(prompts, rows, streamers, strict=True)
-        ]
+    return wait
 
 
 def check_adapter_files(folder: Path, label: str) -> None:
@@ -295,6 +299,17 @@ class _CountingStreamer(TextIteratorStreamer):
             if self.first_token_at is None:
                 self.first_token_at = time.perf_counter()
         super().put(value)
+
+    def put_prompt(self, ids: list[int]) -> None:
+        """The prompt, which the streamer skips (it counts and shows new tokens only)."""
+        import torch
+
+        self.put(torch.tensor(ids))
+
+    def fail(self, error: BaseException) -> None:
+        """The error that ended the answer, re-raised to the reader."""
+        if not self.finished:  # an answer already complete stays as it is
+            self.error = _plain_error(error)
 
     def put_token(self, token: int) -> None:
         """One new token from the batched decoder."""

@@ -85,6 +85,7 @@ class FakeChatModel:
         self.requests: list[ChatRequest] = []
         self.adapters: dict[str, Path] = {}
         self.batches: list[int] = []  # the size of every stream_many call
+        self.background: list[bool] = []  # whether each call was a background one
 
     def load_adapter(self, name: str, folder: Path, label: str = "") -> None:
         check_adapter_files(folder, label or name)  # damaged files fail as with the real model
@@ -100,9 +101,15 @@ class FakeChatModel:
         return self.stream_many([ChatRequest(messages, system_prompt, adapter)], params)[0]
 
     def stream_many(
-        self, requests: Sequence[ChatRequest], params: SamplingParams, seed: int | None = None
+        self,
+        requests: Sequence[ChatRequest],
+        params: SamplingParams,
+        seed: int | None = None,
+        *,
+        background: bool = False,
     ) -> list[ChatStream]:
         self.batches.append(len(requests))
+        self.background.append(background)
         streams = []
         for request in requests:
             self.calls.append((list(request.messages), params, request.system_prompt))

@@ -60,7 +60,12 @@ def dtype_text(settings: Settings) -> str:
 
 
 def build_chat_model(settings: Settings) -> ChatModel:
-    return HFChatModel(loading.load_chat_model(settings), context_window=settings.context_window)
+    return HFChatModel(
+        loading.load_chat_model(settings),
+        context_window=settings.context_window,
+        max_batch=settings.max_batch,
+        max_waiting=settings.max_waiting,
+    )
 
 
 @st.cache_resource(show_spinner=False, max_entries=1)

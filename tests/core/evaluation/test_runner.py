@@ -55,9 +55,9 @@ def test_a_background_run_can_be_cancelled_and_resumed(settings, kb, monkeypatch
     slow = FakeChatModel([oracle])
     real = slow.stream_many
 
-    def slowly(requests, params, seed=None):
+    def slowly(requests, params, seed=None, *, background=False):
         time.sleep(0.05)
-        return real(requests, params, seed)
+        return real(requests, params, seed, background=background)
 
     monkeypatch.setattr(slow, "stream_many", slowly)
     runner.start(settings, slow, shown, kb, batch=1)
@@ -72,6 +72,7 @@ def test_a_background_run_can_be_cancelled_and_resumed(settings, kb, monkeypatch
     saved = runner.load(settings, shown.id)
     assert saved.state == "cancelled" and 3 <= saved.done < 20
     assert runner.status(saved) == "cancelled"
+    assert slow.background and all(slow.background)  # people's answers go first
     runner.run(settings, FakeChatModel([oracle]), saved, kb)
     assert saved.state == "completed" and saved.done == 20
     assert [r.question for r in saved.results] == [i.question for i in ITEMS * 5]

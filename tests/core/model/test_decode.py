@@ -4,14 +4,12 @@ import threading
 
 import pytest
 
-from core.model import decode
+from core.model import fast_paths
 from core.model.chat import ChatRequest, SamplingParams
-from core.model.loading import load_chat_model
-from core.model.local import HFChatModel
-from core.training import adapters, jobs
+from core.training import jobs
 from core.training.config import TrainConfig
 from core.training.datasets import parse_dataset
-from tests.support.training import alpaca_rows, finished, trained, wait_for
+from tests.support.training import alpaca_rows, finished, wait_for
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=16)
 SHORT = [{"role": "user", "content": "What is the capital of France?"}]
@@ -22,23 +20,6 @@ LONG = [
         + "Question: what jumps?",
     }
 ]
-
-
-@pytest.fixture(scope="module")
-def tuned(tmp_path_factory, tiny_model_dir):
-    """The tiny model in float32 (exact comparisons) with a trained adapter attached."""
-    from core.settings import Settings
-
-    settings = Settings(
-        _env_file=None,
-        data_dir=tmp_path_factory.mktemp("decode"),
-        base_model=str(tiny_model_dir),
-        dtype="float32",
-    )
-    run_id = trained(settings, "Tuned")
-    chat = HFChatModel(load_chat_model(settings))
-    adapters.attach(chat, settings, run_id)
-    return chat, run_id, settings
 
 
 def four_ways(run_id: str) -> list[ChatRequest]:
@@ -66,7 +47,7 @@ def test_four_answers_in_one_batch_match_each_answer_alone(tuned) -> None:
 def test_the_fast_adapter_path_matches_peft_mixed_batches(tuned, monkeypatch) -> None:
     chat, run_id, _ = tuned
     fast = [s.read().text for s in chat.stream_many(four_ways(run_id), GREEDY)]
-    monkeypatch.setattr(decode, "_lora_layers", lambda peft_model, used: None)  # PEFT's path
+    monkeypatch.setattr(fast_paths, "_lora_layers", lambda peft_model, used: None)  # PEFT's path
     peft = [s.read().text for s in chat.stream_many(four_ways(run_id), GREEDY)]
     assert fast == peft
 

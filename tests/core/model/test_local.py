@@ -66,17 +66,17 @@ def test_prompt_uses_the_chat_template_with_system_prompt_and_history(chat: HFCh
 
 def test_sampling_settings_reach_the_decoder(chat: HFChatModel, monkeypatch) -> None:
     seen = []
-    real_decode = decode.decode
+    real_submit = chat.engine.submit
 
-    def spy(model, rows, sampling, eos_ids, peft_model=None):
-        seen.append((sampling, [row.max_new_tokens for row in rows], eos_ids))
-        return real_decode(model, rows, sampling, eos_ids, peft_model)
+    def spy(rows):
+        seen.extend((row.sampling, row.max_new_tokens) for row in rows)
+        return real_submit(rows)
 
-    monkeypatch.setattr(decode, "decode", spy)
+    monkeypatch.setattr(chat.engine, "submit", spy)
     chat.stream_chat(ask("hi"), SamplingParams(temperature=0.7, top_p=0.8, max_new_tokens=5)).read()
-    [(sampling, lengths, eos_ids)] = seen
-    assert (sampling.temperature, sampling.top_p, lengths) == (0.7, 0.8, [5])
-    assert chat.tokenizer.eos_token_id in eos_ids
+    [(sampling, length)] = seen
+    assert (sampling.temperature, sampling.top_p, length) == (0.7, 0.8, 5)
+    assert chat.tokenizer.eos_token_id in chat.engine.eos_ids
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\n\t"])
@@ -149,21 +149,26 @@ def test_closing_a_stream_early_stops_generation_and_frees_the_model(loaded) -> 
     assert chat.stream_chat(ask("hi"), GREEDY).read().timings.new_tokens >= 1
 
 
-def test_an_error_while_generating_reaches_the_reader(chat: HFChatModel, monkeypatch) -> None:
+@pytest.mark.parametrize("where", ["_forward", "step"])  # reading the prompt, or a later token
+def test_an_error_while_generating_reaches_the_reader(
+    chat: HFChatModel, monkeypatch, where: str
+) -> None:
     def broken(*args, **kwargs):
         raise RuntimeError("shape mismatch")
 
-    monkeypatch.setattr(decode, "_decode", broken)
+    target = decode if where == "_forward" else decode.Batch
+    monkeypatch.setattr(target, where, broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):  # a bug stays visible as a bug
         chat.stream_chat(ask("hi"), GREEDY).read()
-    assert not chat._lock.locked()
+    monkeypatch.undo()
+    assert chat.stream_chat(ask("hi"), GREEDY).read().timings.new_tokens >= 1  # still serving
 
 
 def test_running_out_of_memory_is_explained(chat: HFChatModel, monkeypatch) -> None:
     def exhausted(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(decode, "_decode", exhausted)
+    monkeypatch.setattr(decode, "_forward", exhausted)
     with pytest.raises(GenerationError, match=r"ran out of memory.*Longest answer"):
         chat.stream_chat(ask("hi"), GREEDY).read()
     monkeypatch.undo()
