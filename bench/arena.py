@@ -116,7 +116,7 @@ def main() -> None:
     four = list(built.values())
     one = [built["rag"]]
     params = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=args.tokens)
-    chat._eos_ids = lambda model, tokenizer: set()  # every answer runs to full length
+    chat.engine.eos_ids = set()  # every answer runs to full length
 
     def batch(requests: list[ChatRequest]) -> tuple[float, list[chat.Answer]]:
         start = time.perf_counter()

@@ -1,20 +1,31 @@
-"""The studio under load: four browser sessions ask the arena at once while a fine-tune runs.
+"""The studio under load: visitors ask the arena at the same moment, alone, four, eight, and
+four while a fine-tune runs.
 
 The studio is started the README's way (`streamlit run app.py`) on a scratch data folder that
 shares the prepared default model, with a knowledge base (a small handbook) and an adapter of the
-default shape. Four Chromium sessions (Playwright) each ask the same questions in the arena, all
-at the same time:
+default shape. Chromium sessions (Playwright) each ask the same questions in the arena (all four
+modes), all at the same time:
 
-- quiet:    with nothing else running
-- training: while a fine-tune runs in its worker process, started the Fine-tune page's way
+- alone:    one visitor
+- four:     `--sessions` visitors (4) with nothing else running
+- eight:    twice as many
+- training: `--sessions` visitors while a fine-tune runs in its worker process, started the
+            Fine-tune page's way
 
 Every answer must arrive (all four modes, no error on the page), and the training's step must
 keep moving while the sessions ask. Prints one JSON line: per phase the median and worst time
-from pressing Enter to the last of the four answers, the training steps made during the
-training phase and its longest stall, "ratio" (median with training over median quiet, lower is
-better) and "target" (2.0: sharing two cores with a training run may at most halve the speed).
+from pressing Enter to the last of the four answers, and the answers' tokens per second over the
+phase (what the engine delivered to everyone together); the studio's peak memory; the training
+steps made during the training phase and its longest stall. "ratio": the worst time of four
+visitors at once over one visitor alone (target 1.5: the shared engine answers them together;
+one after another it would be 4). "training_ratio": median with training over median with four
+visitors (target 2.0: sharing two cores with a training run may at most halve the speed).
 
-    .venv/bin/python bench/load.py [--sessions 4] [--questions 2] [--tokens 32]
+With `--engine-url` (an OpenAI-compatible server such as vLLM serving the default model with
+LoRA enabled; the README's "Scaling out" says how), the alone, four and eight phases run again
+with the studio pointed at it, and its figures are printed beside the embedded engine's.
+
+    .venv/bin/python bench/load.py [--sessions 4] [--questions 2] [--tokens 32] [--engine-url URL]
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import re
 import shutil
 import statistics
 import sys
@@ -71,6 +83,8 @@ async def session(browser, url: str, questions: list[str], found: dict) -> None:
         )
         found["seconds"].append(time.perf_counter() - start)
         print(f"  answered in {found['seconds'][-1]:.1f} s", file=sys.stderr, flush=True)
+    text = await page.inner_text("body")
+    found["tokens"] += sum(int(n) for n in re.findall(r"· (\d+) tokens\b", text))
     found["errors"] += await page.get_by_test_id("stException").count()
     found["errors"] += await page.get_by_test_id("stAlertContentError").count()
     await context.close()
@@ -79,13 +93,15 @@ async def session(browser, url: str, questions: list[str], found: dict) -> None:
 async def ask_all(url: str, sessions: int, questions: list[str]) -> dict:
     from playwright.async_api import async_playwright
 
-    found: dict = {"seconds": [], "errors": 0}
+    found: dict = {"seconds": [], "errors": 0, "tokens": 0}
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(
             executable_path=shutil.which("chromium") or shutil.which("chromium-browser"),
             args=CHROMIUM_ARGS,
         )
+        start = time.perf_counter()
         await asyncio.gather(*(session(browser, url, questions, found) for _ in range(sessions)))
+        found["wall_s"] = time.perf_counter() - start
         await browser.close()
     found["answers"] = len(found["seconds"]) * 4
     return found
@@ -100,9 +116,30 @@ def summary(found: dict) -> dict:
     return {
         "median_s": round(statistics.median(found["seconds"]), 2),
         "worst_s": round(max(found["seconds"]), 2),
+        "tokens_per_s": round(found["tokens"] / found["wall_s"], 1),
         "answers": found["answers"],
         "errors": found["errors"],
     }
+
+
+def peak_memory_mb(pid: int) -> float:
+    """The studio process's peak resident memory (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def visitors(url: str, sessions: int, questions: list[str]) -> dict[str, dict]:
+    """One visitor, `sessions` and twice as many, each asking at the same moment."""
+    asyncio.run(ask_all(url, 1, questions[:1]))  # warm-up: models loaded, adapter attached
+    phases = {}
+    for name, count in (("alone", 1), ("four", sessions), ("eight", 2 * sessions)):
+        print(f"{name}: {count} visitors", file=sys.stderr, flush=True)
+        phases[name] = asyncio.run(ask_all(url, count, questions))
+        assert phases[name]["answers"] == count * len(questions) * 4, (name, phases[name])
+        assert phases[name]["errors"] == 0, (name, phases[name])
+    return phases
 
 
 def main() -> None:
@@ -110,6 +147,10 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=4)
     parser.add_argument("--questions", type=int, default=2, help="questions per session")
     parser.add_argument("--tokens", type=int, default=32, help="longest answer, in tokens")
+    parser.add_argument(
+        "--engine-url",
+        help="an OpenAI-compatible server (vLLM) to measure the same visitors against",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -142,9 +183,8 @@ def main() -> None:
     }
     process, url = start_studio(settings.data_dir, scratch / "streamlit.log", **environment)
     try:
-        asyncio.run(ask_all(url, 1, questions[:1]))  # warm-up: models loaded, adapter attached
-        print("quiet phase", file=sys.stderr, flush=True)
-        quiet = asyncio.run(ask_all(url, args.sessions, questions))
+        phases = visitors(url, args.sessions, questions)
+        quiet = phases["four"]
 
         # A fine-tune long enough to outlast the training phase, started as the page starts it.
         # The example dataset six times over: a quick-preset run of some 160 steps.
@@ -166,9 +206,21 @@ def main() -> None:
         watcher.join()
         still = jobs.read(training_run.folder)
         jobs.cancel(settings, training_run.run_id)
+        memory_mb = peak_memory_mb(process.pid)
     finally:
         process.terminate()
         process.wait(timeout=30)
+    served = None
+    if args.engine_url:
+        process, url = start_studio(
+            settings.data_dir, scratch / "served.log", **environment, LRS_ENGINE_URL=args.engine_url
+        )
+        try:
+            served = visitors(url, args.sessions, questions)
+            served_memory_mb = peak_memory_mb(process.pid)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
     log = (scratch / "streamlit.log").read_text()
     # When the step moved; the longest time between two moves is the training's worst stall.
     moved = [seen[0][0]]
@@ -177,7 +229,9 @@ def main() -> None:
     result = {
         "sessions": args.sessions,
         "questions_per_session": len(questions),
-        "quiet": summary(quiet),
+        "tokens": args.tokens,
+        "embedded": {name: summary(found) for name, found in phases.items()},
+        "peak_memory_mb": memory_mb,
         "training": {
             **summary(busy),
             "steps_made": seen[-1][1] - seen[0][1],
@@ -185,9 +239,19 @@ def main() -> None:
             "state": still.state,
         },
         "tracebacks": log.count("Traceback"),
-        "ratio": round(statistics.median(busy["seconds"]) / statistics.median(quiet["seconds"]), 2),
-        "target": 2.0,
+        "training_ratio": round(
+            statistics.median(busy["seconds"]) / statistics.median(quiet["seconds"]), 2
+        ),
+        "training_target": 2.0,
+        "ratio": round(max(quiet["seconds"]) / max(phases["alone"]["seconds"]), 2),
+        "target": 1.5,
     }
+    if served is not None:
+        result["served"] = {name: summary(found) for name, found in served.items()}
+        result["served_peak_memory_mb"] = served_memory_mb
+        result["served_ratio"] = round(
+            max(served["four"]["seconds"]) / max(served["alone"]["seconds"]), 2
+        )
     expected = args.sessions * len(questions) * 4
     assert quiet["answers"] == busy["answers"] == expected, result
     assert quiet["errors"] == busy["errors"] == result["tracebacks"] == 0, result

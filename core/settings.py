@@ -93,6 +93,42 @@ class Settings(BaseSettings):
         description="Most answers that may wait for a place. Past it a visitor is told that "
         "the studio is busy and how many answers are ahead, instead of waiting without a word.",
     )
+    engine_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s]+$",
+        description="Address of an OpenAI-compatible server that writes the answers (vLLM, for "
+        "example http://gpu-box:8000/v1), for more visitors than one machine serves. Empty: the "
+        "embedded engine, in this process. Search, training and knowledge bases stay here.",
+    )
+    engine_api_key: SecretStr | None = Field(
+        None,
+        description="The key that server expects (vLLM's --api-key). Never shown, logged or "
+        "exported.",
+    )
+    engine_model: str | None = Field(
+        None,
+        description="The base model's name on that server (vLLM's --served-model-name). Empty: "
+        "the first model it serves. It must be the same model as LRS_BASE_MODEL, whose "
+        "tokenizer builds the prompts.",
+    )
+    engine_data_dir: str | None = Field(
+        None,
+        description="Where that server sees this studio's data folder, when it mounts it at "
+        "another path (adapters are loaded into it by path). Empty: the same path as here.",
+    )
+    engine_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="How long to wait for that server before telling the user it is not "
+        "answering, in seconds.",
+    )
+    train_processes: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Processes that train an adapter together (data parallel, under torchrun). "
+        "0: one per GPU when there are several, one otherwise.",
+    )
     max_upload_mb: int = Field(50, ge=1, description="The largest file you can upload, in MB.")
     chroma_host: str | None = Field(
         None,

@@ -120,6 +120,7 @@ def installation(settings: Settings) -> None:
             st.markdown(f"{name}  \n:gray[{note}]")
         except StudioError as error:
             st.error(markdown_escape(error), icon=":material/error:")
+    st.markdown(f"**Answers come from** {markdown_escape(resources.engine_text(settings))}")
     knowledge_bases = knowledge_base_names(settings)
     where = (
         f"a Chroma server at {settings.chroma_host}:{settings.chroma_port}"

@@ -20,6 +20,7 @@ This is how four answers, or four visitors, cost about as much as one:
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ __all__ = ["BASE", "Batch", "Row", "Sampling", "stopping"]
 # Set when the process shuts down (compute.py): every row still decoding ends at its next token,
 # so that a studio sent SIGTERM exits in seconds instead of finishing its answers first.
 stopping = threading.Event()
+# Prompts are read this many tokens at a time, at fixed positions (see PrefixCache).
+CHUNK = 128  # measured here: 1.07 s for 778 tokens, against 0.95 s at once and 1.3 s by 64
 
 
 @dataclass(frozen=True)
@@ -89,15 +92,85 @@ class Row:
             self.end()
 
 
+class PrefixCache:
+    """The keys and values of prompts read lately, per adapter, so that a prompt that starts
+    like one of them is read from where they part: the earlier turns of a conversation, the
+    same passages and question from another visitor. Prompts are read in chunks of CHUNK tokens
+    at fixed positions and reused at chunk boundaries only, so a prompt read from a prefix gets
+    exactly the numbers it would get read from the start. The least recently used go first,
+    past `budget_bytes`."""
+
+    def __init__(self, budget_bytes: int = 192 * 2**20) -> None:
+        self.budget_bytes = budget_bytes
+        self._entries: OrderedDict[tuple[str, tuple[int, ...]], list[tuple[Any, Any]]] = (
+            OrderedDict()
+        )
+        self.reused_tokens = 0  # prompt tokens not read again, since the start
+
+    def lookup(self, adapter: str, ids: list[int], config: Any) -> tuple[Any, int]:
+        """A cache holding the longest usable prefix of `ids` read with `adapter`, and its
+        length (a multiple of CHUNK, shorter than `ids`); (None, 0) when there is none."""
+        from transformers import DynamicCache
+
+        best, length = None, 0
+        for key in self._entries:
+            if key[0] != adapter:
+                continue
+            common = _common_prefix(key[1], ids)
+            usable = min(common, len(ids) - 1) // CHUNK * CHUNK
+            if usable > length:
+                best, length = key, usable
+        if best is None:
+            return None, 0
+        self._entries.move_to_end(best)
+        cache = DynamicCache(config=config)
+        for index, (keys, values) in enumerate(self._entries[best]):
+            cache.update(keys[:, :, :length], values[:, :, :length], index)
+        self.reused_tokens += length
+        return cache, length
+
+    def store(self, adapter: str, ids: list[int], cache: Any) -> None:
+        key = (adapter, tuple(ids))
+        for other in [k for k in self._entries if k[0] == adapter]:
+            if _common_prefix(other[1], ids) == len(other[1]):  # this prompt extends it
+                del self._entries[other]
+        self._entries[key] = [(layer.keys, layer.values) for layer in cache.layers]
+        while self._bytes() > self.budget_bytes and len(self._entries) > 1:
+            self._entries.popitem(last=False)
+
+    def _bytes(self) -> int:
+        return sum(
+            tensor.numel() * tensor.element_size()
+            for layers in self._entries.values()
+            for pair in layers
+            for tensor in pair
+        )
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
 class Batch:
     """The rows decoding together on one model. `admit` reads new rows' prompts and lays every
     row's cache out again; `step` makes one token for every row; `pause` hands the model back
     (PEFT's layers in place) so that adapters can be loaded between two steps."""
 
-    def __init__(self, model: Any, eos_ids: set[int], peft: Callable[[], Any]) -> None:
+    def __init__(
+        self,
+        model: Any,
+        eos_ids: set[int],
+        peft: Callable[[], Any],
+        prefixes: PrefixCache | None = None,
+    ) -> None:
         self.model = model
         self.eos_ids = eos_ids
         self._peft = peft  # PEFT's wrapper as it is now (adapters may be loaded between steps)
+        self._prefixes = prefixes
         self.rows: list[Row] = []  # rows of one adapter side by side
         self._cache: Any = None
         self._mask: torch.Tensor | None = None
@@ -131,12 +204,22 @@ class Batch:
         self._layout(joined, caches)
 
     def _prefill(self, row: Row) -> Any:
+        """Read the row's prompt in chunks of CHUNK tokens, from the longest prefix already read
+        with the same adapter (a conversation's earlier turns, or another visitor's identical
+        question); then its first token."""
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=self.model.config)
-        ids = torch.tensor([row.ids], device=self.model.device)
-        logits = _forward(self.model, self._peft(), [row.adapter], input_ids=ids, cache=cache)
-        self._pickers[id(row)] = _sampler(row.sampling, self.model.device)
+        cache, start = None, 0
+        if self._prefixes is not None:
+            cache, start = self._prefixes.lookup(row.adapter, row.ids, self.model.config)
+        cache = cache if cache is not None else DynamicCache(config=self.model.config)
+        peft, device = self._peft(), self.model.device
+        for begin in range(start, len(row.ids), CHUNK):
+            ids = torch.tensor([row.ids[begin : begin + CHUNK]], device=device)
+            logits = _forward(self.model, peft, [row.adapter], input_ids=ids, cache=cache)
+        if self._prefixes is not None:
+            self._prefixes.store(row.adapter, row.ids, cache)
+        self._pickers[id(row)] = _sampler(row.sampling, device)
         self._take(row, int(self._pickers[id(row)](logits[:, -1])[0]))
         return cache
 

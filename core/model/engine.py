@@ -24,7 +24,7 @@ from typing import Any
 
 from core.errors import BusyError
 from core.model import compute
-from core.model.decode import BASE, Batch, Row, stopping
+from core.model.decode import BASE, Batch, PrefixCache, Row, stopping
 from core.wording import plural
 
 
@@ -51,6 +51,7 @@ class Engine:
         self._running: list[Row] = []  # the rows of the batch, as of the last step
         self._looping = False
         self.step_sizes: Counter[int] = Counter()  # decoding steps run, by rows in the batch
+        self.prefixes = PrefixCache()  # prompts read lately, shared by every session
 
     # -- the callers' side ----------------------------------------------------------------------
     def submit(self, rows: Sequence[Row]) -> None:
@@ -111,7 +112,7 @@ class Engine:
     def _loop(self) -> None:
         import torch
 
-        batch = Batch(self.model, self.eos_ids, self._peft)
+        batch = Batch(self.model, self.eos_ids, self._peft, self.prefixes)
         try:
             with torch.inference_mode():
                 while not self._idle(batch):

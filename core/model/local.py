@@ -14,11 +14,12 @@ from typing import Any
 
 from transformers import TextIteratorStreamer
 
-from core.errors import GenerationError, InvalidInputError, ModelNotAvailableError
+from core.errors import GenerationError, ModelNotAvailableError
 from core.model import compute, decode
-from core.model.chat import ChatRequest, ChatStream, Message, SamplingParams, clean_messages
+from core.model.chat import ChatRequest, ChatStream, Message, SamplingParams
 from core.model.engine import Engine
 from core.model.loading import LoadedModel
+from core.model.prompts import PromptBuilder
 
 MAX_LOADED_ADAPTERS = 4  # adapters kept beside the base weights; the least recently used goes
 
@@ -40,6 +41,7 @@ class HFChatModel:
         self.tokenizer = loaded.tokenizer
         model_limit = getattr(loaded.model.config, "max_position_embeddings", None) or 2048
         self.context_window = min(context_window or model_limit, model_limit)
+        self.prompts = PromptBuilder(self.tokenizer, self.context_window)
         self._lock = threading.Lock()  # adapters are loaded one at a time
         decode.use_fast_attention(loaded.model)
         self._peft: Any = None  # PEFT's wrapper, once an adapter is loaded
@@ -53,72 +55,10 @@ class HFChatModel:
             max_waiting=max_waiting,
         )
 
-    # -- prompt ---------------------------------------------------------------------------------
-    def _encode(self, messages: Sequence[Message]) -> list[int]:
-        tok = self.tokenizer
-        if tok.chat_template:
-            try:
-                return list(
-                    tok.apply_chat_template(
-                        list(messages), add_generation_prompt=True, tokenize=True, return_dict=False
-                    )
-                )
-            except Exception as error:
-                if messages and messages[0]["role"] == "system" and "system" in str(error).lower():
-                    # Some templates have no system role: fold it into the first question.
-                    merged = [dict(m) for m in messages[1:]]
-                    merged[0]["content"] = f"{messages[0]['content']}\n\n{merged[0]['content']}"
-                    return self._encode(merged)
-                raise
-        # A base model without a chat template still gets a readable transcript.
-        lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
-        return list(tok("\n".join([*lines, "Assistant:"]), add_special_tokens=True)["input_ids"])
-
     def build_prompt(
         self, messages: Sequence[Message], system_prompt: str, max_new_tokens: int
     ) -> tuple[list[int], list[str], int]:
-        """Token ids that fit the context window, the notices about what was cut, and the
-        number of new tokens that still fit."""
-        turns = clean_messages(messages)
-        system = (
-            [{"role": "system", "content": system_prompt.strip()}] if system_prompt.strip() else []
-        )
-        max_new = max(1, min(max_new_tokens, self.context_window // 2))
-        budget = self.context_window - max_new
-        notices: list[str] = []
-        if max_new < max_new_tokens:
-            notices.append(
-                f"Answers are limited to {max_new} tokens so that the question fits the model's "
-                f"context of {self.context_window} tokens."
-            )
-        ids = self._encode(system + turns)
-        dropped = 0
-        while len(ids) > budget and len(turns) > 1:
-            turns = turns[2:] if len(turns) > 2 else turns[1:]
-            dropped += 1
-            ids = self._encode(system + turns)
-        if dropped:
-            notices.append(
-                "Older messages were left out so that the conversation fits the model's context "
-                f"of {self.context_window} tokens. Start a new chat to clear them."
-            )
-        if len(ids) > budget:
-            content_ids = self.tokenizer(turns[-1]["content"], add_special_tokens=False)[
-                "input_ids"
-            ]
-            overhead = len(ids) - len(content_ids)
-            keep = budget - overhead
-            if keep < 1:
-                raise InvalidInputError(
-                    "The system prompt alone fills the model's context: shorten it."
-                )
-            turns[-1] = {"role": "user", "content": self.tokenizer.decode(content_ids[:keep])}
-            ids = self._encode(system + turns)[-budget:]
-            notices.append(
-                f"Your message was too long for the model: only its first {keep} of "
-                f"{len(content_ids)} tokens were used."
-            )
-        return ids, notices, max_new
+        return self.prompts.build(messages, system_prompt, max_new_tokens)
 
     # -- adapters -------------------------------------------------------------------------------
     def load_adapter(self, name: str, folder: Path, label: str = "") -> None:

@@ -161,9 +161,22 @@ def create(
         dataset_shape=dataset.shape,
         preset=preset,
         config=config,
+        processes=training_processes(settings, device),
     ).save(run_dir)
     run_folder.write_dataset(run_dir, dataset)
     return run_dir
+
+
+def training_processes(settings: Settings, device: str) -> int:
+    """How many processes train a run together: the setting, or with 0 one per GPU when there
+    are several (and one otherwise)."""
+    if settings.train_processes:
+        return settings.train_processes
+    if device == "cuda":
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    return 1
 
 
 def new_run_id() -> str:
@@ -223,9 +236,19 @@ def _spawn(run_dir: Path, *flags: str) -> None:
         },
     )
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    worker = ["-m", "core.training.worker", str(run_dir), *flags]
+    processes = run_folder.RunSpec.load(run_dir).processes
+    if processes > 1:  # data parallel under PyTorch's own launcher, one process per device
+        worker = [
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={processes}",
+            *worker,
+        ]
     with (run_dir / run_folder.LOG_FILE).open("a") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "core.training.worker", str(run_dir), *flags],
+            [sys.executable, *worker],
             cwd=_ROOT,
             env=environment,
             stdout=log,

@@ -3,6 +3,7 @@ speed, time left), and the run stopped when the user asks."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,36 @@ from transformers import (
 from core.training import run_folder
 
 
+def rank() -> int:
+    """This process's place in a distributed run (torchrun sets RANK); 0 when alone."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def world() -> int:
+    """How many processes train together (torchrun sets WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def log(message: str) -> None:
-    """A line of the run's log (the worker's output goes to `train.log`)."""
-    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
+    """A line of the run's log (the worker's output goes to `train.log`); in a distributed run,
+    the first process speaks for all."""
+    if rank() == 0:
+        print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
+
+
+def everyone_agrees(asked: bool) -> bool:
+    """In a distributed run, whether any process was asked (every process must stop at the same
+    step, or the others would wait for it forever); alone, `asked` itself."""
+    if world() == 1:
+        return asked
+    import torch
+    import torch.distributed as dist
+
+    flag = torch.tensor([1.0 if asked else 0.0])
+    if dist.get_backend() == "nccl":
+        flag = flag.cuda()
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 class Progress(TrainerCallback):
@@ -58,7 +86,7 @@ class Progress(TrainerCallback):
             tokens_per_s=(self.tokens - self.tokens_at_start) / elapsed if done else None,
             eta_s=(self.steps - state.global_step) * elapsed / done if done else None,
         )
-        if (self.run_dir / run_folder.CANCEL_FILE).exists():
+        if everyone_agrees((self.run_dir / run_folder.CANCEL_FILE).exists()):
             self.cancelled = True
             control.should_training_stop = True
             control.should_save = False
@@ -78,6 +106,6 @@ class Progress(TrainerCallback):
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if folder.is_dir():
+        if state.is_world_process_zero and folder.is_dir():
             (folder / run_folder.COMPLETE_MARKER).write_text(str(time.time()))
             self.status.update(checkpoint_step=state.global_step)

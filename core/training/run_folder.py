@@ -55,6 +55,7 @@ class RunSpec:
     preset: str
     config: TrainConfig
     created: float = field(default_factory=time.time)
+    processes: int = 1  # training processes (data parallel, one per GPU), under torchrun
 
     def save(self, run_dir: Path) -> None:
         files.atomic_write_json(run_dir / CONFIG_FILE, asdict(self))
@@ -96,19 +97,22 @@ class StatusWriter:
 
     HEARTBEAT_S = 5.0
 
-    def __init__(self, run_dir: Path, initial: dict[str, Any]) -> None:
+    def __init__(self, run_dir: Path, initial: dict[str, Any], *, write: bool = True) -> None:
         self.path = run_dir / STATUS_FILE
         self._lock = threading.Lock()
         self.data = initial
+        self._write = write  # False: another process of a distributed run; the first one writes
         self._stop = threading.Event()
         self.update()
         self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
-        self._thread.start()
+        if write:
+            self._thread.start()
 
     def update(self, **values: Any) -> None:
         with self._lock:
             self.data.update(values, heartbeat=time.time())
-            files.atomic_write_json(self.path, self.data)
+            if self._write:
+                files.atomic_write_json(self.path, self.data)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.HEARTBEAT_S):

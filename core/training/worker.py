@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -51,7 +52,7 @@ from core.training.config import (
     split,
     total_steps,
 )
-from core.training.progress import Progress, log
+from core.training.progress import Progress, log, rank, world
 
 OOM_HINT = (
     "Training ran out of memory. Choose a smaller batch size or a shorter maximum length in "
@@ -69,7 +70,7 @@ def run(run_dir: Path, resume: bool = False) -> str:
     running out of memory end as a failed run with a plain message, never as a traceback."""
     spec = run_folder.RunSpec.load(run_dir)
     previous = run_folder.read_status(run_dir)
-    status = run_folder.StatusWriter(
+    status = run_folder.StatusWriter(  # in a distributed run, the first process writes it
         run_dir,
         {
             **previous,
@@ -81,6 +82,7 @@ def run(run_dir: Path, resume: bool = False) -> str:
             "started": previous.get("started") if resume else time.time(),
             "error": None,
         },
+        write=rank() == 0,
     )
     try:
         state = _train(run_dir, spec, status, resume)
@@ -193,6 +195,9 @@ def _arguments(
         disable_tqdm=True,
         dataloader_pin_memory=spec.device != "cpu",
         remove_unused_columns=False,
+        # Several processes (torchrun): the Trainer's data parallelism, gloo between CPUs.
+        ddp_backend="gloo" if world() > 1 and spec.device == "cpu" else None,
+        ddp_find_unused_parameters=False if world() > 1 else None,
     )
 
 
@@ -222,7 +227,8 @@ def _train(
     model = with_lora(
         load_model(spec.model_path, spec.dtype, spec.device, spec.trust_remote_code), config
     )
-    steps = total_steps(len(train_rows), config)
+    # Several processes split every epoch between them (each sees its share of the rows).
+    steps = total_steps(math.ceil(len(train_rows) / world()), config)
     lengths = [len(row["input_ids"]) for row in train_rows]
     arguments = _arguments(run_dir, spec, config, steps, lengths, bool(eval_rows))
     progress = Progress(run_dir, status, steps)
@@ -255,6 +261,8 @@ def _train(
     if progress.cancelled:
         status.update(state="cancelled", message="Cancelled: no adapter was kept")
         return "cancelled"
+    if rank() != 0:  # every process holds the same weights: the first one saves them
+        return "completed"
     status.update(state="saving", message="Saving the adapter")
     _save_adapter(run_dir, spec, model, status, time.time() - started)
     shutil.rmtree(run_dir / run_folder.CHECKPOINTS_DIR, ignore_errors=True)
@@ -328,8 +336,14 @@ class AnswerOnlyTrainer(Trainer):
     ) -> Any:
         labels = inputs["labels"]
         mask = inputs.get("attention_mask")
-        if self.counter is not None and model.training:
-            self.counter.tokens += int(mask.sum()) if mask is not None else labels.numel()
+        if self.counter is not None and model.training:  # every process trains as many
+            self.counter.tokens += (
+                int(mask.sum()) if mask is not None else labels.numel()
+            ) * world()
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            # Data parallel: the forward must go through DDP's wrapper for the gradients to be
+            # shared, so the Trainer's own loss is used (all positions projected).
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         base = model.get_base_model()
         if getattr(base.config, "final_logit_softcapping", None) is not None:
             loss = model(**inputs).loss  # models with extra logit processing: the plain way
@@ -375,8 +389,8 @@ def probe(model_path: str, dtype: str, device: str, trust_remote_code: bool = Fa
 def leave_a_core() -> None:
     """Train on every core but one: the studio keeps one to answer on. On our 2-core machines one
     thread trains at 179 tokens/s against 196 with two (the quick preset on the example data),
-    while the studio's answers stay fast (see background)."""
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
+    while the studio's answers stay fast (see background). Several processes share those."""
+    torch.set_num_threads(max(1, ((os.cpu_count() or 1) - 1) // world()))
 
 
 def background() -> None:

@@ -1,6 +1,8 @@
 import pytest
 
+from tests.support.openai_server import serving
 from tests.views.conftest import texts
+from views.support import resources
 
 
 def test_home_explains_the_choice_and_shows_the_installation(open_page) -> None:
@@ -14,6 +16,7 @@ def test_home_explains_the_choice_and_shows_the_installation(open_page) -> None:
     assert "tiny-llama" in text  # the configured base model (a folder in this test)
     assert "all-MiniLM-L6-v2" in text
     assert "CPU (" in text
+    assert "**Answers come from** the embedded engine in this process" in text
     assert "**Knowledge bases:** 0, stored on this machine." in text
     assert "**Adapters:** 0." in text
     assert not at.error
@@ -47,3 +50,19 @@ def test_a_bad_setting_stops_with_a_message_not_a_traceback(open_page, monkeypat
 def test_sidebar_names_the_model(open_page) -> None:
     at = open_page(None)
     assert "tiny-llama" in texts(at.sidebar.caption)
+
+
+def test_home_names_the_serving_engine_and_says_plainly_when_it_is_down(
+    open_page, monkeypatch
+) -> None:
+    with serving() as (url, _):
+        monkeypatch.setenv("LRS_ENGINE_URL", url)
+        at = open_page(None)
+        assert not at.exception
+        assert f"**Answers come from** the server at {url}, serving served-base" in texts(
+            at.markdown
+        )
+    resources._engine_text.clear()  # as if its 10 s had passed
+    at = open_page(None)  # the server has stopped; the page still opens, and says so
+    assert not at.exception
+    assert "cannot be reached: start it, or check LRS_ENGINE_URL" in texts(at.markdown)

@@ -16,9 +16,10 @@ import streamlit as st
 from core.errors import StudioError
 from core.knowledge import adding, repair
 from core.knowledge.store import KnowledgeStore
-from core.model import loading
+from core.model import loading, remote
 from core.model.chat import ChatModel
 from core.model.local import HFChatModel
+from core.model.remote import RemoteChatModel
 from core.settings import Settings, load_settings
 from core.sharing import demo
 from core.training import adapters
@@ -59,7 +60,24 @@ def dtype_text(settings: Settings) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+@st.cache_data(ttl=10, show_spinner=False)
+def _engine_text(engine_url: str | None, _settings: Settings) -> str:
+    return remote.server_status(_settings)
+
+
+def engine_text(settings: Settings) -> str:
+    """Which engine answers and whether it is ready, asked again at most every 10 s."""
+    with st.spinner("Asking the answer engine…"):
+        return _engine_text(settings.engine_url, settings)
+
+
 def build_chat_model(settings: Settings) -> ChatModel:
+    if settings.engine_url:  # a serving engine answers; only the tokenizer is needed here
+        return RemoteChatModel(
+            settings,
+            loading.load_tokenizer(settings),
+            loading.describe_model(settings.base_model, settings).display_name,
+        )
     return HFChatModel(
         loading.load_chat_model(settings),
         context_window=settings.context_window,
@@ -70,7 +88,11 @@ def build_chat_model(settings: Settings) -> ChatModel:
 
 @st.cache_resource(show_spinner=False, max_entries=1)
 def _shared_chat_model(
-    base_model: str, device: str, context_window: int | None, _settings: Settings
+    base_model: str,
+    device: str,
+    context_window: int | None,
+    engine_url: str | None,
+    _settings: Settings,
 ) -> ChatModel:
     # One copy per server, shared by every browser session; the arguments are the cache key.
     return build_chat_model(_settings)
@@ -130,7 +152,11 @@ def chat_model(settings: Settings) -> ChatModel:
         ensure_model_ready(settings)
         with st.spinner("Loading the model…"):
             return _shared_chat_model(
-                settings.base_model, settings.device, settings.context_window, settings
+                settings.base_model,
+                settings.device,
+                settings.context_window,
+                settings.engine_url,
+                settings,
             )
     except StudioError as error:
         st.error(markdown_escape(error), icon=":material/error:")

@@ -12,6 +12,7 @@ import pytest
 from core.errors import BusyError
 from core.model import compute, decode
 from core.model.chat import ChatRequest, ChatStream, SamplingParams
+from core.model.decode import CHUNK, PrefixCache
 from core.model.local import HFChatModel
 from core.training import adapters
 from tests.support.training import trained
@@ -182,3 +183,40 @@ def test_an_adapter_loads_between_two_tokens_of_a_running_answer(tuned, monkeypa
     assert not running._source.finished  # type: ignore[union-attr]  # loaded mid-answer
     running.close()
     assert alone(chat, ask("hi", other))  # and it answers
+
+
+def conversation(turns: int) -> ChatRequest:
+    """A conversation of `turns` questions about a long passage, the last one unanswered."""
+    passage = "The quick brown fox jumps over the lazy dog near the river bank. " * 6
+    messages = [{"role": "user", "content": f"Read this: {passage}"}]
+    for turn in range(turns - 1):
+        messages += [
+            {"role": "assistant", "content": f"I read it ({turn})."},
+            {"role": "user", "content": f"What jumps? ({turn})"},
+        ]
+    return ChatRequest(messages, "Be brief.")
+
+
+def test_a_prompt_that_starts_like_an_earlier_one_is_read_from_where_they_part(tuned) -> None:
+    chat, run_id, _ = tuned
+    first, longer = conversation(1), conversation(2)
+    chat.engine.prefixes = PrefixCache()  # nothing read before
+    fresh = alone(chat, longer)  # read from the start
+    chat.engine.prefixes = PrefixCache()
+    alone(chat, first)
+    before = chat.engine.prefixes.reused_tokens
+    assert alone(chat, longer) == fresh  # the same numbers, so the same words
+    assert chat.engine.prefixes.reused_tokens - before >= CHUNK  # the first turn was not read again
+    # Another adapter reads the same words differently: nothing of the base model's is reused.
+    before = chat.engine.prefixes.reused_tokens
+    alone(chat, ChatRequest(longer.messages, longer.system_prompt, run_id))
+    assert chat.engine.prefixes.reused_tokens == before
+
+
+def test_prompts_read_lately_are_kept_within_their_budget(tuned) -> None:
+    chat, _, _ = tuned
+    chat.engine.prefixes = PrefixCache(budget_bytes=1)  # room for one prompt only
+    alone(chat, conversation(1))
+    alone(chat, QUESTIONS[0])
+    assert len(chat.engine.prefixes._entries) == 1
+    chat.engine.prefixes = PrefixCache()
