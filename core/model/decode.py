@@ -138,6 +138,9 @@ class PrefixCache:
         while self._bytes() > self.budget_bytes and len(self._entries) > 1:
             self._entries.popitem(last=False)
 
+    def clear(self) -> None:
+        self._entries.clear()
+
     def _bytes(self) -> int:
         return sum(
             tensor.numel() * tensor.element_size()

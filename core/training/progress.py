@@ -106,6 +106,6 @@ class Progress(TrainerCallback):
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if state.is_world_process_zero and folder.is_dir():
+        if getattr(state, "is_world_process_zero", True) and folder.is_dir():
             (folder / run_folder.COMPLETE_MARKER).write_text(str(time.time()))
             self.status.update(checkpoint_step=state.global_step)

@@ -12,7 +12,7 @@ import pytest
 from core.errors import BusyError
 from core.model import compute, decode
 from core.model.chat import ChatRequest, ChatStream, SamplingParams
-from core.model.decode import CHUNK, PrefixCache
+from core.model.decode import CHUNK
 from core.model.local import HFChatModel
 from core.training import adapters
 from tests.support.training import trained
@@ -200,9 +200,9 @@ def conversation(turns: int) -> ChatRequest:
 def test_a_prompt_that_starts_like_an_earlier_one_is_read_from_where_they_part(tuned) -> None:
     chat, run_id, _ = tuned
     first, longer = conversation(1), conversation(2)
-    chat.engine.prefixes = PrefixCache()  # nothing read before
+    chat.engine.prefixes.clear()  # nothing read before
     fresh = alone(chat, longer)  # read from the start
-    chat.engine.prefixes = PrefixCache()
+    chat.engine.prefixes.clear()
     alone(chat, first)
     before = chat.engine.prefixes.reused_tokens
     assert alone(chat, longer) == fresh  # the same numbers, so the same words
@@ -215,8 +215,11 @@ def test_a_prompt_that_starts_like_an_earlier_one_is_read_from_where_they_part(t
 
 def test_prompts_read_lately_are_kept_within_their_budget(tuned) -> None:
     chat, _, _ = tuned
-    chat.engine.prefixes = PrefixCache(budget_bytes=1)  # room for one prompt only
-    alone(chat, conversation(1))
-    alone(chat, QUESTIONS[0])
-    assert len(chat.engine.prefixes._entries) == 1
-    chat.engine.prefixes = PrefixCache()
+    prefixes = chat.engine.prefixes
+    budget, prefixes.budget_bytes = prefixes.budget_bytes, 1  # room for one prompt only
+    try:
+        alone(chat, conversation(1))
+        alone(chat, QUESTIONS[0])
+        assert len(prefixes._entries) == 1
+    finally:
+        prefixes.budget_bytes = budget
