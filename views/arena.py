@@ -21,6 +21,7 @@ from core.model.chat import ChatModel
 from core.settings import Settings
 from core.training import adapters
 from core.training.adapters import AdapterInfo
+from core.wording import plural
 from views.panels import arena_exchange
 from views.support import resources, state, widgets
 from views.support.widgets import markdown_escape
@@ -224,7 +225,9 @@ def stream_round(choice: Choices, asked: question_round.Round, order: list[str])
     with st.chat_message("user"):
         st.markdown(markdown_escape(asked.question))
     if asked.passages and not choice.blind:
-        st.caption(f"Retrieved {len(asked.passages)} passages in {asked.retrieval_s:.2f} s.")
+        st.caption(
+            f"Retrieved {plural(len(asked.passages), 'passage')} in {asked.retrieval_s:.2f} s."
+        )
     columns = st.columns(len(order), border=True)
     slots = {}
     for place, (column, key) in enumerate(zip(columns, order, strict=True)):

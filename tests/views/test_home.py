@@ -59,7 +59,7 @@ def test_home_names_the_serving_engine_and_says_plainly_when_it_is_down(
         monkeypatch.setenv("LRS_ENGINE_URL", url)
         at = open_page(None)
         assert not at.exception
-        assert f"**Answers come from** the server at {url}, serving served-base" in texts(
+        assert f"**Answers come from** the server at `{url}`, serving served-base" in texts(
             at.markdown
         )
     resources._engine_text.clear()  # as if its 10 s had passed

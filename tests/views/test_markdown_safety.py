@@ -158,3 +158,15 @@ def test_a_hostile_bundle_is_shown_literally_when_imported_and_opened(
     strings = [*preview, *rendered(at), *rendered(at_evaluate)]
     assert sum("evil" in s for s in strings) >= 2  # the adapter in the plan, the report's name
     assert [s for s in strings if "evil" in s and ACTIVE.search(s)] == []
+
+
+def test_a_web_address_is_shown_as_code_never_as_a_link_or_an_image() -> None:
+    from views.support.widgets import markdown_escape
+
+    shown = markdown_escape("See ![x](https://evil.example/x.png?q=1), or www.evil.example.")
+    assert shown == r"See \!\[x\]\(`https://evil.example/x.png?q=1`\), or `www.evil.example`\."
+    assert not ACTIVE.search(shown)
+    # An address that must be read whole (a server's) keeps its dots: no backslash inside.
+    assert markdown_escape("The server at http://127.0.0.1:8000/v1, serving m.") == (
+        r"The server at `http://127.0.0.1:8000/v1`, serving m\."
+    )

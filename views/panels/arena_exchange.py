@@ -9,6 +9,7 @@ from core.answering import conversations
 from core.answering.conversations import BLIND_LABELS, Conversation, Exchange, ModeAnswer
 from core.answering.modes import MODES, UNAVAILABLE
 from core.settings import Settings
+from core.wording import plural
 from views.support import widgets
 from views.support.widgets import markdown_escape
 
@@ -85,8 +86,9 @@ def show_exchange(settings: Settings, conversation: Conversation, number: int) -
     hidden = bool(exchange.blind_order) and not exchange.vote
     order = exchange.blind_order or list(exchange.answers)
     if exchange.passages and not hidden:
+        found = plural(len(exchange.passages), "passage")
         st.caption(
-            f"Retrieved {len(exchange.passages)} passages in {exchange.retrieval_s:.2f} s "
+            f"Retrieved {found} in {exchange.retrieval_s:.2f} s "
             f"from {markdown_escape(conversation.knowledge_base)}."
         )
     columns = st.columns(len(order), border=True)

@@ -251,9 +251,10 @@ def sidebar(settings: Settings) -> None:
             )
         try:
             source = loading.describe_model(settings.base_model, settings)
-            st.caption(
-                f"Model: **{markdown_escape(source.display_name)}** · {device_text(settings)}"
-            )
+            where = (
+                "on a serving engine" if settings.engine_url else device_text(settings)
+            )  # the engine's address is on Home
+            st.caption(f"Model: **{markdown_escape(source.display_name)}** · {where}")
         except StudioError:
             st.caption("Model: not available (see Home)")
 

@@ -21,11 +21,24 @@ def help_for(field: str) -> str:
     return Settings.model_fields[field].description or ""
 
 
+# Streamlit's Markdown turns web addresses into links by itself, backslashes and all: an address
+# is shown as code instead, literally, copyable, and never a link.
+_ADDRESS = re.compile(r"(?:https?://|www\.)[^\s`<>]*[^\s`<>.,;:!?)'\"]")
+
+
 def markdown_escape(value: object) -> str:
     """The one way to show words from users, documents and bundles (file and adapter names,
     document text, any message that may quote them, an error included) in an element that
     renders Markdown: literally, with no formatting, links, images or HTML from them."""
-    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$])", r"\\\1", str(value))
+    text, parts, last = str(value), [], 0
+    for address in _ADDRESS.finditer(text):
+        parts += [_escape_marks(text[last : address.start()]), f"`{address.group()}`"]
+        last = address.end()
+    return "".join([*parts, _escape_marks(text[last:])])
+
+
+def _escape_marks(text: str) -> str:
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$])", r"\\\1", text)
 
 
 # A model's answer is shown as Markdown (never HTML), but a Markdown image loads its address as
