@@ -119,11 +119,13 @@ def main() -> None:
     chat.engine.eos_ids = set()  # every answer runs to full length
 
     def batch(requests: list[ChatRequest]) -> tuple[float, list[chat.Answer]]:
+        chat.engine.prefixes.clear()  # every round reads its prompts afresh
         start = time.perf_counter()
         answers = [stream.read() for stream in chat.stream_many(requests, params)]
         return time.perf_counter() - start, answers
 
     def in_a_row() -> float:
+        chat.engine.prefixes.clear()
         start = time.perf_counter()
         for request in four:
             chat.stream_chat(

@@ -61,11 +61,16 @@ class OneByOne:
         self.chat.load_adapter(name, folder, label)
 
     def stream_many(
-        self, requests: Sequence[ChatRequest], params: SamplingParams, seed: int | None = None
+        self,
+        requests: Sequence[ChatRequest],
+        params: SamplingParams,
+        seed: int | None = None,
+        *,
+        background: bool = False,
     ) -> list[ChatStream]:
         streams = []
         for request in requests:
-            (stream,) = self.chat.stream_many([request], params, seed)
+            (stream,) = self.chat.stream_many([request], params, seed, background=background)
             stream.read()
             streams.append(stream)
         return streams

@@ -82,6 +82,7 @@ def main() -> None:
         return first, (new - 1) / (total - first), new
 
     def ours() -> tuple[float, float, int]:
+        chat.engine.prefixes.clear()  # the prompt is read afresh, as plain `generate` reads it
         timings = chat.stream_chat(messages, params, settings.system_prompt).read().timings
         return timings.time_to_first_token_s, timings.tokens_per_s, timings.new_tokens
 
