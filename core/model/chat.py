@@ -6,13 +6,13 @@ arriving as a stream with honest timings, and the `ChatModel` protocol that the 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Queue
 from typing import Protocol
 
-from core.errors import InvalidInputError
+from core.errors import InvalidInputError, ModelNotAvailableError
 from core.settings import Settings
 
 Message = dict[str, str]  # {"role": "user" | "assistant" | "system", "content": "..."}
@@ -193,6 +193,38 @@ class ChatModel(Protocol):
     ) -> list[ChatStream]: ...
 
     def load_adapter(self, name: str, folder: Path, label: str = "") -> None: ...
+
+
+class OneOfMany:
+    """`stream_chat` as a batch of one: what every ChatModel here does for a single chat."""
+
+    def stream_many(
+        self,
+        requests: Sequence[ChatRequest],
+        params: SamplingParams,
+        seed: int | None = None,
+        *,
+        background: bool = False,
+    ) -> list[ChatStream]:
+        raise NotImplementedError
+
+    def stream_chat(
+        self,
+        messages: Sequence[Message],
+        params: SamplingParams,
+        system_prompt: str = "",
+        adapter: str | None = None,
+    ) -> ChatStream:
+        return self.stream_many([ChatRequest(messages, system_prompt, adapter)], params)[0]
+
+
+def refuse_unloaded(requests: Sequence[ChatRequest], loaded: Container[str]) -> None:
+    """A request naming an adapter that is not loaded is refused, plainly, before any work."""
+    for request in requests:
+        if request.adapter is not None and request.adapter not in loaded:
+            raise ModelNotAvailableError(
+                f"The adapter '{request.adapter}' is not loaded: choose it again."
+            )
 
 
 def clean_messages(messages: Sequence[Message]) -> list[Message]:

@@ -16,7 +16,14 @@ from transformers import TextIteratorStreamer
 
 from core.errors import GenerationError, ModelNotAvailableError
 from core.model import compute, decode
-from core.model.chat import ChatRequest, ChatStream, Message, SamplingParams
+from core.model.chat import (
+    ChatRequest,
+    ChatStream,
+    Message,
+    OneOfMany,
+    SamplingParams,
+    refuse_unloaded,
+)
 from core.model.engine import Engine
 from core.model.loading import LoadedModel
 from core.model.prompts import PromptBuilder
@@ -24,7 +31,7 @@ from core.model.prompts import PromptBuilder
 MAX_LOADED_ADAPTERS = 4  # adapters kept beside the base weights; the least recently used goes
 
 
-class HFChatModel:
+class HFChatModel(OneOfMany):
     """A transformers model answering chats, with LoRA adapters beside its weights. One batch at
     a time per model: callers queue."""
 
@@ -110,15 +117,6 @@ class HFChatModel:
                 decode.forget_low_rank(self._peft, oldest)
 
     # -- generation -----------------------------------------------------------------------------
-    def stream_chat(
-        self,
-        messages: Sequence[Message],
-        params: SamplingParams,
-        system_prompt: str = "",
-        adapter: str | None = None,
-    ) -> ChatStream:
-        return self.stream_many([ChatRequest(messages, system_prompt, adapter)], params)[0]
-
     def stream_many(
         self,
         requests: Sequence[ChatRequest],
@@ -134,11 +132,7 @@ class HFChatModel:
         prompts = [
             self.build_prompt(r.messages, r.system_prompt, params.max_new_tokens) for r in requests
         ]
-        for request in requests:
-            if request.adapter is not None and request.adapter not in self._adapters:
-                raise ModelNotAvailableError(
-                    f"The adapter '{request.adapter}' is not loaded: choose it again."
-                )
+        refuse_unloaded(requests, self._adapters)
         sampling = decode.Sampling(temperature=params.temperature, top_p=params.top_p, seed=seed)
         streams, rows = [], []
         for (ids, notices, max_new), request in zip(prompts, requests, strict=True):

@@ -27,7 +27,13 @@ import httpx
 import openai
 
 from core.errors import GenerationError, ModelNotAvailableError, StudioError
-from core.model.chat import ChatRequest, ChatStream, Message, SamplingParams
+from core.model.chat import (
+    ChatRequest,
+    ChatStream,
+    OneOfMany,
+    SamplingParams,
+    refuse_unloaded,
+)
 from core.model.prompts import PromptBuilder
 from core.settings import Settings
 
@@ -39,7 +45,7 @@ class ServerInfo:
     adapters: tuple[str, ...]  # adapters it holds now
 
 
-class RemoteChatModel:
+class RemoteChatModel(OneOfMany):
     """A ChatModel whose answers come from an OpenAI-compatible server. Nothing is asked of the
     server until the first answer (or `check`), so a studio whose server is down still opens."""
 
@@ -132,15 +138,6 @@ class RemoteChatModel:
         self._register(name)
 
     # -- answers --------------------------------------------------------------------------------
-    def stream_chat(
-        self,
-        messages: Sequence[Message],
-        params: SamplingParams,
-        system_prompt: str = "",
-        adapter: str | None = None,
-    ) -> ChatStream:
-        return self.stream_many([ChatRequest(messages, system_prompt, adapter)], params)[0]
-
     def stream_many(
         self,
         requests: Sequence[ChatRequest],
@@ -150,11 +147,7 @@ class RemoteChatModel:
         background: bool = False,  # the server schedules its own batch
     ) -> list[ChatStream]:
         """One request per conversation, sent at once: the server batches them."""
-        for request in requests:
-            if request.adapter is not None and request.adapter not in self._adapters:
-                raise ModelNotAvailableError(
-                    f"The adapter '{request.adapter}' is not loaded: choose it again."
-                )
+        refuse_unloaded(requests, self._adapters)
         base = self._base()
         streams = []
         for request in requests:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from core.model.chat import ChatRequest, ChatStream, Message, SamplingParams
+from core.model.chat import ChatRequest, ChatStream, Message, OneOfMany, SamplingParams
 from core.model.local import check_adapter_files
 
 CHATML = (
@@ -67,7 +67,7 @@ def build_tiny_model(folder: Path) -> Path:
     return folder
 
 
-class FakeChatModel:
+class FakeChatModel(OneOfMany):
     """Answers with queued replies, streamed word by word, and records what it was asked.
 
     A reply may be a function of the request, to answer each arena mode its own way."""
@@ -90,15 +90,6 @@ class FakeChatModel:
     def load_adapter(self, name: str, folder: Path, label: str = "") -> None:
         check_adapter_files(folder, label or name)  # damaged files fail as with the real model
         self.adapters[name] = folder
-
-    def stream_chat(
-        self,
-        messages: Sequence[Message],
-        params: SamplingParams,
-        system_prompt: str = "",
-        adapter: str | None = None,
-    ) -> ChatStream:
-        return self.stream_many([ChatRequest(messages, system_prompt, adapter)], params)[0]
 
     def stream_many(
         self,

@@ -64,7 +64,7 @@ def test_one_question_four_answers_with_sources_timings_and_prompts(open_page, s
     raw = " ".join(m.value for m in at.markdown)
     assert "[1] policy\\.txt" in raw  # escaped: shown literally
     assert sum("First token" in c.value for c in at.caption) == 4
-    assert any("Retrieved 1 passages in" in c.value for c in at.caption)
+    assert any("Retrieved 1 passage in" in c.value for c in at.caption)
     assert len(at.get("download_button")) == 2  # Markdown and JSON
     saved = conversations.load(settings, at.session_state["arena_conversation"].id)
     assert saved.exchanges[0].answers["rag"].text == "base with passages"
