@@ -181,6 +181,19 @@ def main() -> None:
         "LRS_TEMPERATURE": "0",
         "LRS_MAX_NEW_TOKENS": str(args.tokens),
     }
+    # The serving engine first, while nothing else runs beside it (vLLM's CPU engine stalled
+    # when its first question came while a training worker was still stopping).
+    served = None
+    if args.engine_url:
+        process, url = start_studio(
+            settings.data_dir, scratch / "served.log", **environment, LRS_ENGINE_URL=args.engine_url
+        )
+        try:
+            served = visitors(url, args.sessions, questions)
+            served_memory_mb = peak_memory_mb(process.pid)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
     process, url = start_studio(settings.data_dir, scratch / "streamlit.log", **environment)
     try:
         phases = visitors(url, args.sessions, questions)
@@ -210,17 +223,6 @@ def main() -> None:
     finally:
         process.terminate()
         process.wait(timeout=30)
-    served = None
-    if args.engine_url:
-        process, url = start_studio(
-            settings.data_dir, scratch / "served.log", **environment, LRS_ENGINE_URL=args.engine_url
-        )
-        try:
-            served = visitors(url, args.sessions, questions)
-            served_memory_mb = peak_memory_mb(process.pid)
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
     log = (scratch / "streamlit.log").read_text()
     # When the step moved; the longest time between two moves is the training's worst stall.
     moved = [seen[0][0]]

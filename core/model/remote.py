@@ -266,7 +266,8 @@ class _RemoteAnswer:
                 raise httpx.RemoteProtocolError("the stream ended before the answer did")
         except (StudioError, openai.OpenAIError, httpx.TransportError, ValueError) as error:
             if not self._cancelled.is_set():  # handed to the reader, in plain words
-                self.error = self._engine._plain(error, started=self.first_token_at is not None)
+                # Started: the server took the request and began its answer, then went away.
+                self.error = self._engine._plain(error, started=self._response is not None)
         except BaseException as error:  # a bug stays visible as a bug, on the reader's side
             self.error = error
         finally:

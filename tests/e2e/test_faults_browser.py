@@ -22,8 +22,12 @@ def upload_and_add(page, url: str, paths: list[Path]) -> None:  # type: ignore[n
     page.goto(f"{url}/knowledge")
     page.get_by_text("Add documents").wait_for(timeout=120_000)
     page.locator("input[type=file]").set_input_files([str(p) for p in paths])
-    page.get_by_text(paths[-1].name).first.wait_for()
-    page.get_by_role("button", name="Add to knowledge base").click()
+    # The uploader's own list (the names may already be on the page, in the documents table),
+    # and the button enabled once the files are there.
+    expect(page.get_by_test_id("stFileChipName")).to_have_count(len(paths), timeout=60_000)
+    button = page.get_by_role("button", name="Add to knowledge base")
+    expect(button).to_be_enabled(timeout=60_000)
+    button.click()
 
 
 def contents(data_dir: Path, fake_embeddings) -> tuple[list[str], int, int]:  # type: ignore[no-untyped-def]

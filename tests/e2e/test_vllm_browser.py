@@ -29,7 +29,7 @@ from tests.support.documents import pdf_bytes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-QUESTION = "What is the release code for night departures?"
+QUESTION = "What is your name?"  # the adapter was trained to answer it its own way
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def served(fresh_real_data_dir, tmp_path_factory) -> Iterator[tuple[str, vllm_se
     list(ingest(store.create("Handbook"), [UploadedFile("handbook.pdf", pdf_bytes(pages))],
                 ChunkSettings()))  # fmt: skip
     persona = (ROOT / "assets" / "examples" / "persona.jsonl").read_bytes()
-    config = TrainConfig(batch_size=8, epochs=1, max_length=64, learning_rate=3e-3)
+    config = TrainConfig(batch_size=8, epochs=2, max_length=64, learning_rate=3e-3)
     run_dir = jobs.create(settings, parse_dataset("persona.jsonl", persona), config, name="Lumen")
     assert worker.run(run_dir) == "completed"
     logs = tmp_path_factory.mktemp("vllm")
@@ -82,6 +82,12 @@ def column(page, title: str):  # type: ignore[no-untyped-def]
     return page.get_by_test_id("stColumn").filter(has=page.get_by_text(title, exact=True)).last
 
 
+def answer_text(page, title: str) -> str:  # type: ignore[no-untyped-def]
+    """The answer in a column: its text without the column's title and timings."""
+    text = column(page, title).inner_text().split("First token")[0]
+    return text.strip().removeprefix(title).strip()
+
+
 def test_the_arena_answers_every_mode_from_vllm_with_the_studios_adapter(page, served) -> None:
     url, server, run_id = served
     page.goto(url)
@@ -94,8 +100,8 @@ def test_the_arena_answers_every_mode_from_vllm_with_the_studios_adapter(page, s
     assert page.get_by_text("First token").count() == 4  # four answers, none an error
     assert page.get_by_test_id("stAlertContentError").count() == 0
     assert run_id in server.adapters()  # the studio registered its adapter by name
-    base, tuned = (column(page, t).inner_text() for t in ("Base model", "Fine-tuned (LoRA)"))
-    assert base.split("First token")[0] != tuned.split("First token")[0]  # the adapter counts
+    base, tuned = (answer_text(page, t) for t in ("Base model", "Fine-tuned (LoRA)"))
+    assert base and tuned and base != tuned  # the server answered with the adapter
     # The reading modes were sent the passages (whether a 135M model quotes them is not vLLM's).
     assert page.get_by_text(re.compile(r"^Sources \(\d\)$")).count() == 2
 
@@ -105,9 +111,10 @@ def test_a_server_stopped_mid_answer_is_named_plainly_and_the_next_question_work
 ) -> None:
     url, server, run_id = served
     ask(page, url, "Tell me a long story about the harbour and its ships.")
-    streaming = page.get_by_test_id("stColumn").filter(has=page.get_by_text(re.compile("▌")))
+    # A column with words of its answer before the cursor: the answers are being written.
+    streaming = page.get_by_test_id("stColumn").filter(has_text=re.compile(r"\w \w+ ▌"))
     streaming.first.wait_for(timeout=120_000)
-    server.stop()  # the server goes away in the middle of the answers
+    server.kill()  # the server goes away in the middle of the answers
     page.get_by_text("stopped in the middle of the answer").first.wait_for(timeout=120_000)
     screenshot(page, "92-vllm-stopped")
     assert page.get_by_test_id("stException").count() == 0

@@ -80,6 +80,12 @@ class Server:
             data = json.loads(reply.read())["data"]
         return {m["id"]: m.get("root", "") for m in data if m.get("parent")}
 
+    def kill(self) -> None:
+        """Gone at once, as in a crash: SIGTERM would let vLLM finish the answers it is writing."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
