@@ -70,3 +70,18 @@ def test_the_audit_allows_unchecked_pins_only_when_listed_and_ignores_only_per_p
 
     with pytest.raises(pydantic.ValidationError):  # no reason, no date: not an allowance
         audit.allowed(date(2026, 12, 3))
+
+
+def test_a_pin_superseded_lately_is_dated_by_the_first_release_after_it() -> None:
+    audit = _audit()
+    page = {
+        "releases": {
+            "1.0": [{"upload_time_iso_8601": "2026-10-01T08:00:00Z"}],
+            "1.1": [{"upload_time_iso_8601": "2026-12-01T08:00:00Z"}],
+            "1.2": [{"upload_time_iso_8601": "2026-12-03T08:00:00Z"}],
+            "2.0rc1": [{"upload_time_iso_8601": "2026-11-20T08:00:00Z"}],  # not a release
+        }
+    }
+    assert audit._superseded(page, "1.0") == "2026-12-01"
+    assert audit._superseded(page, "1.2") == ""  # the latest: superseded by nothing
+    assert audit._superseded({"releases": {"x-y": []}}, "1.0") == ""  # unreadable: no date
