@@ -196,20 +196,11 @@ class ChatModel(Protocol):
 
 
 class OneOfMany:
-    """`stream_chat` as a batch of one: what every ChatModel here does for a single chat."""
-
-    def stream_many(
-        self,
-        requests: Sequence[ChatRequest],
-        params: SamplingParams,
-        seed: int | None = None,
-        *,
-        background: bool = False,
-    ) -> list[ChatStream]:
-        raise NotImplementedError
+    """`stream_chat` as a batch of one: what every ChatModel here does for a single chat (the
+    class it is mixed into brings `stream_many`)."""
 
     def stream_chat(
-        self,
+        self: ChatModel,
         messages: Sequence[Message],
         params: SamplingParams,
         system_prompt: str = "",
