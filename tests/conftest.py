@@ -65,6 +65,7 @@ def knowledge(settings: Settings, fake_embeddings):  # type: ignore[no-untyped-d
 @pytest.fixture
 def stop_runs(settings: Settings):  # type: ignore[no-untyped-def]
     """Kills the training workers a test left running."""
+    import contextlib
     import os
     import signal
 
@@ -74,4 +75,10 @@ def stop_runs(settings: Settings):  # type: ignore[no-untyped-def]
     for run in jobs.all_runs(settings):
         pid = run_folder.read_status(run.folder).get("pid")
         if run.active and pid and pid != os.getpid():  # in-process runs have our own pid
-            os.kill(pid, signal.SIGKILL)
+            # The worker's whole session: under torchrun, the launcher and every process.
+            with contextlib.suppress(ProcessLookupError):
+                group = os.getpgid(pid)
+                if group != os.getpgid(0):
+                    os.killpg(group, signal.SIGKILL)
+                else:
+                    os.kill(pid, signal.SIGKILL)

@@ -208,8 +208,8 @@ def _checkpoint_to_resume(run_dir: Path, progress: Progress) -> str:
         raise InvalidInputError("There is no complete checkpoint to resume this run from.")
     checkpoint = str(complete[-1])
     for folder in (run_dir / run_folder.CHECKPOINTS_DIR).glob("checkpoint-*"):
-        if folder not in complete:
-            shutil.rmtree(folder)
+        if folder not in complete:  # every process of a distributed run may clear it
+            shutil.rmtree(folder, ignore_errors=True)
     progress.trim_history(int(checkpoint.rsplit("-", 1)[-1]))
     log(f"resuming from {checkpoint}")
     return checkpoint

@@ -3,6 +3,9 @@ Trainer's own data parallelism. Progress, cancel and the one adapter at the end 
 
 from __future__ import annotations
 
+import os
+import signal
+
 from safetensors.torch import load_file
 
 from core.model.chat import SamplingParams
@@ -15,6 +18,8 @@ from tests.support.training import alpaca_rows, finished, wait_for
 
 SMALL = TrainConfig(batch_size=4, epochs=3, eval_fraction=0.1, max_length=64, learning_rate=5e-3)
 LONG = TrainConfig(batch_size=2, epochs=8, eval_fraction=0.05, max_length=64)
+# 57 training rows: 15 steps per epoch in each process, a checkpoint every 8 steps.
+RESUMABLE = TrainConfig(batch_size=2, epochs=4, eval_fraction=0.05, max_length=64)
 
 
 def test_two_processes_train_one_adapter_that_loads_and_answers(settings, stop_runs) -> None:
@@ -54,3 +59,27 @@ def test_cancel_stops_every_process_of_a_distributed_run(settings, stop_runs) ->
     status = wait_for(run.folder, finished, timeout=60)
     assert status.state == "cancelled" and status.step < status.total_steps
     assert not (run.folder / run_folder.ADAPTER_DIR).exists()
+
+
+def test_a_killed_distributed_run_resumes_from_its_checkpoint_with_every_process(
+    settings, stop_runs
+) -> None:
+    two = settings.model_copy(update={"train_processes": 2})
+    data = parse_dataset("facts.jsonl", alpaca_rows(60))
+    run = jobs.start(two, data, RESUMABLE, name="Killed")
+    wait_for(run.folder, lambda s: run_folder.read_status(s.folder).get("checkpoint_step"), 240)
+    # A crash of the machine: the launcher and both processes gone at once, mid-run.
+    os.killpg(os.getpgid(run_folder.read_status(run.folder)["pid"]), signal.SIGKILL)
+    status = wait_for(run.folder, lambda s: s.state == "interrupted", timeout=30)
+    assert status.can_resume, status
+    killed_at = status.step
+
+    resumed = jobs.resume(two, run.run_id)
+    assert resumed.active
+    status = wait_for(run.folder, finished, timeout=300)
+    assert status.state == "completed", (run.folder / run_folder.LOG_FILE).read_text()[-3000:]
+    steps = [step for step, _ in status.train_loss]
+    assert steps == sorted(set(steps)) and steps[-1] == status.total_steps  # no step twice
+    assert status.step == status.total_steps > killed_at > 0
+    assert (run.folder / run_folder.LOG_FILE).read_text().count("resuming from") == 1
+    assert adapters.get(settings, run.run_id).final_eval_loss is not None
