@@ -15,6 +15,7 @@ than one machine serves (`LRS_ENGINE_URL`).
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -36,6 +37,9 @@ from core.model.chat import (
 )
 from core.model.prompts import PromptBuilder
 from core.settings import Settings
+
+# vLLM's refusal of an adapter larger than its --max-lora-rank (a 500 from load_lora_adapter).
+_RANK_REFUSED = re.compile(r"LoRA rank (\d+) is greater than max_lora_rank (\d+)")
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,14 @@ class RemoteChatModel(OneOfMany):
                     f"The answer engine at {self.url} does not take adapters: start vLLM with "
                     "--enable-lora (and --max-lora-rank at least the adapter's rank) and "
                     "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True."
+                ) from error
+            too_large = _RANK_REFUSED.search(str(error.message))
+            if too_large:
+                rank, limit = too_large.groups()
+                raise ModelNotAvailableError(
+                    f"The adapter '{label}' has rank {rank}, and the answer engine takes "
+                    f"adapters up to rank {limit}: restart vLLM with --max-lora-rank {rank} "
+                    "(or train the adapter with a smaller rank)."
                 ) from error
             raise ModelNotAvailableError(
                 f"The answer engine could not load the adapter '{label}' from {seen_from} "

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 
@@ -22,6 +23,7 @@ class Behaviour:
     max_model_len: int = 512
     api_key: str | None = None
     lora: bool = True  # runtime adapters allowed
+    max_lora_rank: int = 64  # larger adapters are refused, in vLLM's words
     delay_s: float = 0.0  # before the first chunk
     garbage: bool = False  # an HTML page instead of JSON
     stop_after: int | None = None  # drop the connection after this many chunks
@@ -30,6 +32,13 @@ class Behaviour:
     adapters: dict[str, str] = field(default_factory=dict)  # name -> path
     received: list[dict[str, Any]] = field(default_factory=list)
     disconnected: threading.Event = field(default_factory=threading.Event)
+
+
+def _rank(folder: str) -> int:
+    """The adapter's rank, from the PEFT config in its folder (0 for a folder this stand-in
+    cannot see: it plays a server on another machine there)."""
+    config = Path(folder) / "adapter_config.json"
+    return int(json.loads(config.read_text())["r"]) if config.exists() else 0
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -74,6 +83,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(404, {"detail": "Not Found"})
             elif body["lora_name"] in b.adapters:
                 self._json(400, {"error": {"message": "The lora adapter has already been loaded."}})
+            elif (rank := _rank(body["lora_path"])) > b.max_lora_rank:
+                message = (
+                    "Call to add_lora method failed: Worker failed with error 'LoRA rank "
+                    f"{rank} is greater than max_lora_rank {b.max_lora_rank}.', please check the "
+                    "stack trace above for the root cause"
+                )
+                self._json(500, {"error": {"message": message, "type": "InternalServerError"}})
             else:
                 b.adapters[body["lora_name"]] = body["lora_path"]
                 self._json(200, {"message": "Success"})

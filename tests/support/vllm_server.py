@@ -98,8 +98,19 @@ class Server:
                 self.process.wait(timeout=30)
 
 
-def start(model_dir: Path, log: Path, port: int | None = None, name: str = "smollm2") -> Server:
-    """Start vLLM's OpenAI-compatible server on `model_dir` and wait until it lists the model."""
+def start(
+    model_dir: Path,
+    log: Path,
+    port: int | None = None,
+    name: str = "smollm2",
+    max_lora_rank: int = 8,
+) -> Server:
+    """Start vLLM's OpenAI-compatible server on `model_dir` and wait until it lists the model.
+
+    `max_lora_rank` is the tests' adapters' rank and no more: vLLM's CPU build pads every adapter
+    to it and gathers its weights for each prompt token, one thread in bfloat16 (an 851-token
+    prompt through a rank-8 adapter: 4 s with 8, 46 s with 64, enough to look like a hang when
+    several such prompts queue)."""
     python = venv() / "bin" / "python"
     port = port or free_port()
     environment = {
@@ -114,7 +125,7 @@ def start(model_dir: Path, log: Path, port: int | None = None, name: str = "smol
     command = [
         str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
         "--served-model-name", name, "--host", "127.0.0.1", "--port", str(port),
-        "--enable-lora", "--max-lora-rank", "64", "--max-model-len", "2048",
+        "--enable-lora", "--max-lora-rank", str(max_lora_rank), "--max-model-len", "2048",
         "--dtype", "bfloat16",
     ]  # fmt: skip
     process = subprocess.Popen(

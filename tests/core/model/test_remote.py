@@ -148,6 +148,20 @@ def test_a_server_without_runtime_adapters_says_which_flags_it_needs(studio) -> 
         assert server_status(chat.settings).startswith(f"the server at {url}, serving served-base")
 
 
+def test_an_adapter_larger_than_the_servers_rank_says_which_flag_to_raise(studio) -> None:
+    settings, run_id, _ = studio
+    with serving(Behaviour(max_lora_rank=4)) as (url, server):
+        chat = remote(studio, url)
+        with pytest.raises(
+            ModelNotAvailableError,
+            match=r"'Harbour voice' has rank 8, and the answer engine takes adapters up to rank "
+            r"4: restart vLLM with --max-lora-rank 8",
+        ):
+            adapters.attach(chat, settings, run_id)
+        assert server.adapters == {}
+        assert chat.stream_chat(ASK, PARAMS).read().timings.new_tokens == 6  # the base still works
+
+
 def test_closing_a_stream_early_hangs_up_on_the_server(studio) -> None:
     with serving(Behaviour(words=400, pace_s=0.02)) as (url, server):
         chat = remote(studio, url)
