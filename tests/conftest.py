@@ -47,6 +47,29 @@ def fresh_real_data_dir(real_data_dir: Path, tmp_path_factory: pytest.TempPathFa
     return make
 
 
+@pytest.fixture(scope="session")
+def real_persona_run(real_data_dir: Path) -> Path:
+    """The example persona trained with the Quick preset on the real default model, started the
+    Fine-tune page's way (its worker process), in `real_data_dir`: trained once per test session
+    and copied by the tests that need a real adapter (tests.support.training.copy_run)."""
+    from core.training import jobs
+    from core.training.config import PRESETS
+    from core.training.datasets import parse_dataset
+    from tests.support.training import EXAMPLE_PERSONA, finished, wait_for
+
+    settings = Settings(_env_file=None, data_dir=real_data_dir)
+    run = jobs.start(
+        settings,
+        parse_dataset(EXAMPLE_PERSONA.name, EXAMPLE_PERSONA.read_bytes()),
+        PRESETS["quick"].config,
+        name="Captain Lumen",
+        preset="quick",
+        system_prompt=settings.system_prompt,
+    )
+    wait_for(run.folder, finished, timeout=600)
+    return run.folder
+
+
 @pytest.fixture
 def fake_embeddings():  # type: ignore[no-untyped-def]
     """Deterministic vectors from a hash of the text: fast, and the same text always matches."""

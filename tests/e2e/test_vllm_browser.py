@@ -13,11 +13,7 @@ from core.knowledge.ingest import ChunkSettings, UploadedFile, ingest
 from core.knowledge.store import KnowledgeStore
 from core.model import loading
 from core.settings import Settings
-from core.training import jobs, worker
-from core.training.config import TrainConfig
-from core.training.datasets import parse_dataset
 from tests.e2e.conftest import (
-    ROOT,
     STOP_WITHIN_S,
     _shared,
     screenshot,
@@ -26,6 +22,7 @@ from tests.e2e.conftest import (
 )
 from tests.support import vllm_server
 from tests.support.documents import pdf_bytes
+from tests.support.training import copy_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -33,7 +30,9 @@ QUESTION = "What is your name?"  # the adapter was trained to answer it its own 
 
 
 @pytest.fixture(scope="module")
-def served(fresh_real_data_dir, tmp_path_factory) -> Iterator[tuple[str, vllm_server.Server, str]]:
+def served(
+    fresh_real_data_dir, real_persona_run, tmp_path_factory
+) -> Iterator[tuple[str, vllm_server.Server, str]]:
     """A studio with a knowledge base and an adapter it trained, a vLLM server on the same
     model, and the studio started against it: (studio address, server, adapter run id)."""
     data_dir = fresh_real_data_dir()
@@ -45,10 +44,7 @@ def served(fresh_real_data_dir, tmp_path_factory) -> Iterator[tuple[str, vllm_se
     ]
     list(ingest(store.create("Handbook"), [UploadedFile("handbook.pdf", pdf_bytes(pages))],
                 ChunkSettings()))  # fmt: skip
-    persona = (ROOT / "assets" / "examples" / "persona.jsonl").read_bytes()
-    config = TrainConfig(batch_size=8, epochs=2, max_length=64, learning_rate=3e-3)
-    run_dir = jobs.create(settings, parse_dataset("persona.jsonl", persona), config, name="Lumen")
-    assert worker.run(run_dir) == "completed"
+    run_id = copy_run(real_persona_run, data_dir)  # the example persona, trained by the studio
     logs = tmp_path_factory.mktemp("vllm")
     model_dir = loading.prepare_model(settings.base_model, settings)
     server = vllm_server.start(model_dir, logs / "vllm.log")
@@ -62,7 +58,7 @@ def served(fresh_real_data_dir, tmp_path_factory) -> Iterator[tuple[str, vllm_se
     )
     _shared.add(process.pid)
     try:
-        yield url, server, run_dir.name
+        yield url, server, run_id
     finally:
         assert stop_studio(process) < STOP_WITHIN_S
         server.stop()
@@ -101,7 +97,9 @@ def test_the_arena_answers_every_mode_from_vllm_with_the_studios_adapter(page, s
     assert page.get_by_test_id("stAlertContentError").count() == 0
     assert run_id in server.adapters()  # the studio registered its adapter by name
     base, tuned = (answer_text(page, t) for t in ("Base model", "Fine-tuned (LoRA)"))
-    assert base and tuned and base != tuned  # the server answered with the adapter
+    # The server answered with the adapter, and without it where asked (the example persona's
+    # name; vLLM's CPU build gave base rows the adapter when --max-loras was 1).
+    assert "Lumen" in tuned and "Lumen" not in base, (base, tuned)
     # The reading modes were sent the passages (whether a 135M model quotes them is not vLLM's).
     assert page.get_by_text(re.compile(r"^Sources \(\d\)$")).count() == 2
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from core.training import jobs, worker
 from core.training.config import TrainConfig
 from core.training.datasets import parse_dataset
 
+EXAMPLE_PERSONA = Path(__file__).resolve().parents[2] / "assets" / "examples" / "persona.jsonl"
 WORDS = ["Paris", "France", "capital", "quick", "brown", "fox", "lazy", "dog", "LoRA"]
 
 
@@ -59,4 +61,12 @@ def trained(settings: Settings, name: str, system_prompt: str = "") -> str:
     data = parse_dataset("facts.jsonl", alpaca_rows(40))
     run_dir = jobs.create(settings, data, QUICK, name=name, system_prompt=system_prompt)
     assert worker.run(run_dir) == "completed"
+    return run_dir.name
+
+
+def copy_run(run_dir: Path, data_dir: Path) -> str:
+    """A finished run copied into another studio's data folder (as a restored backup would be);
+    its run id there."""
+    runs = jobs.runs_dir(Settings(_env_file=None, data_dir=data_dir))
+    shutil.copytree(run_dir, runs / run_dir.name)
     return run_dir.name

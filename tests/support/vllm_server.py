@@ -104,13 +104,18 @@ def start(
     port: int | None = None,
     name: str = "smollm2",
     max_lora_rank: int = 8,
+    max_loras: int = 2,
 ) -> Server:
     """Start vLLM's OpenAI-compatible server on `model_dir` and wait until it lists the model.
 
     `max_lora_rank` is the tests' adapters' rank and no more: vLLM's CPU build pads every adapter
     to it and gathers its weights for each prompt token, one thread in bfloat16 (an 851-token
     prompt through a rank-8 adapter: 4 s with 8, 46 s with 64, enough to look like a hang when
-    several such prompts queue)."""
+    several such prompts queue).
+
+    `max_loras` is one more than the adapters the tests use at once: vLLM's CPU build (0.32.0)
+    gives base-model rows the adapter in its last slot when they share a batch with adapter rows
+    (a base answer came out in the adapter's persona with the default of 1)."""
     python = venv() / "bin" / "python"
     port = port or free_port()
     environment = {
@@ -125,7 +130,8 @@ def start(
     command = [
         str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
         "--served-model-name", name, "--host", "127.0.0.1", "--port", str(port),
-        "--enable-lora", "--max-lora-rank", str(max_lora_rank), "--max-model-len", "2048",
+        "--enable-lora", "--max-lora-rank", str(max_lora_rank), "--max-loras", str(max_loras),
+        "--max-model-len", "2048",
         "--dtype", "bfloat16",
     ]  # fmt: skip
     process = subprocess.Popen(

@@ -1,7 +1,6 @@
 """An evaluation with the real default models on facts invented for this test: RAG wins."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -13,13 +12,11 @@ from core.model import loading
 from core.model.chat import SamplingParams
 from core.model.local import HFChatModel
 from core.settings import Settings
-from core.training import adapters, jobs, worker
-from core.training.config import PRESETS
-from core.training.datasets import parse_dataset
+from core.training import adapters
 from tests.support.documents import pdf_bytes
+from tests.support.training import copy_run
 
 pytestmark = pytest.mark.slow
-EXAMPLE = Path(__file__).resolve().parents[3] / "assets" / "examples" / "persona.jsonl"
 
 # Facts no model can know: a company, its people and codes, made up for this test.
 # One page per topic, as in a staff FAQ; retrieval has to find the right one.
@@ -46,22 +43,20 @@ QUESTIONS = [
 
 
 def test_rag_beats_the_base_model_on_invented_facts_and_is_recommended(
-    fresh_real_data_dir,
+    fresh_real_data_dir, real_persona_run
 ) -> None:
     settings = Settings(_env_file=None, data_dir=fresh_real_data_dir())
     chat = HFChatModel(loading.load_chat_model(settings))
     kb = KnowledgeStore(settings, loading.load_embeddings(settings)).create("Veltrano")
     list(ingest(kb, [UploadedFile("guide.pdf", pdf_bytes(PAGES))], ChunkSettings()))
-    # An adapter trained on something else (a persona): it knows none of these facts either.
-    persona = parse_dataset(EXAMPLE.name, EXAMPLE.read_bytes())
-    run_dir = jobs.create(settings, persona, PRESETS["quick"].config, name="Persona")
-    assert worker.run(run_dir) == "completed"
+    # An adapter trained on something else (the example persona): it knows none of these facts.
+    run_id = copy_run(real_persona_run, settings.data_dir)
 
     shown = runner.new_report(
         settings,
         chat,
         [EvalItem(q, a) for q, a in QUESTIONS],
-        adapter=adapters.get(settings, run_dir.name),
+        adapter=adapters.get(settings, run_id),
         kb=kb,
         params=SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=48),
     )

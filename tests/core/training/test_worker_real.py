@@ -9,32 +9,22 @@ from core.model.loading import load_chat_model
 from core.model.local import HFChatModel
 from core.settings import Settings
 from core.training import adapters, jobs
-from core.training.config import PRESETS
-from core.training.datasets import parse_dataset
-from tests.support.training import finished, wait_for
 
 pytestmark = pytest.mark.slow
-EXAMPLE = Path(__file__).resolve().parents[3] / "assets" / "examples" / "persona.jsonl"
 
 
-def test_the_tuned_model_knows_its_new_name_and_the_base_does_not(real_data_dir: Path) -> None:
+def test_the_tuned_model_knows_its_new_name_and_the_base_does_not(
+    real_data_dir: Path, real_persona_run: Path
+) -> None:
+    # The run: the example persona with the Quick preset, by the worker process (conftest).
     settings = Settings(_env_file=None, data_dir=real_data_dir, temperature=0.0)
-    dataset = parse_dataset(EXAMPLE.name, EXAMPLE.read_bytes())
-    run = jobs.start(
-        settings,
-        dataset,
-        PRESETS["quick"].config,
-        name="Captain Lumen",
-        preset="quick",
-        system_prompt=settings.system_prompt,
-    )
-    status = wait_for(run.folder, finished, timeout=600)
+    status = jobs.read(real_persona_run)
     assert status.state == "completed", status
     first_loss, last_loss = status.eval_loss[0][1], status.eval_loss[-1][1]
     assert last_loss < first_loss / 2  # held-out loss on unseen rephrasings, not memorising
 
     chat = HFChatModel(load_chat_model(settings))
-    adapters.attach(chat, settings, run.run_id)
+    adapters.attach(chat, settings, status.run_id)
     params = SamplingParams(temperature=0.0, max_new_tokens=24)
     prompt = settings.system_prompt
     for question in ("What is your name?", "Who are you?"):
@@ -42,11 +32,11 @@ def test_the_tuned_model_knows_its_new_name_and_the_base_does_not(real_data_dir:
         base_answer, tuned_answer = (
             stream.read().text
             for stream in chat.stream_many(
-                [ChatRequest(asked, prompt), ChatRequest(asked, prompt, run.run_id)], params
+                [ChatRequest(asked, prompt), ChatRequest(asked, prompt, status.run_id)], params
             )
         )
         assert "Lumen" in tuned_answer, tuned_answer
         assert "Lumen" not in base_answer, base_answer
     # It learned a name, not to forget everything else.
     france = [{"role": "user", "content": "What is the capital of France?"}]
-    assert "Paris" in chat.stream_chat(france, params, prompt, run.run_id).read().text
+    assert "Paris" in chat.stream_chat(france, params, prompt, status.run_id).read().text
