@@ -12,6 +12,10 @@ modes), all at the same time:
 - training: `--sessions` visitors while a fine-tune runs in its worker process, started the
             Fine-tune page's way
 
+The visitors' browsers run at idle priority (`chrt --idle`): they stand for people on their own
+computers, so they get only what CPU the studio leaves over (on two cores, eight browsers at
+normal priority took a large share of the CPU the answers were computed with).
+
 Every answer must arrive (all four modes, no error on the page), and the training's step must
 keep moving while the sessions ask. Prints one JSON line: per phase the median and worst time
 from pressing Enter to the last of the four answers, and the answers' tokens per second over the
@@ -91,17 +95,29 @@ async def session(browser, url: str, questions: list[str], found: dict, patience
     await context.close()
 
 
+def idle_chromium(folder: Path) -> str:
+    """A Chromium that runs only when the studio leaves a core idle (Linux's SCHED_IDLE, which
+    its children inherit). The visitors' browsers stand for people on their own computers: on the
+    studio's two cores at normal priority, eight of them rendering streamed answers took a large
+    share of the CPU the answers were computed with. Plain Chromium where `chrt` is missing."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or "chromium"
+    chrt = shutil.which("chrt")
+    if chrt is None:
+        return chromium
+    wrapper = folder / "idle-chromium"
+    wrapper.write_text(f'#!/bin/sh\nexec {chrt} --idle 0 {chromium} "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
 async def ask_all(
-    url: str, sessions: int, questions: list[str], patience_ms: int = 600_000
+    url: str, browser_path: str, sessions: int, questions: list[str], patience_ms: int = 600_000
 ) -> dict:
     from playwright.async_api import async_playwright
 
     found: dict = {"seconds": [], "errors": 0, "tokens": 0}
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=shutil.which("chromium") or shutil.which("chromium-browser"),
-            args=CHROMIUM_ARGS,
-        )
+        browser = await playwright.chromium.launch(executable_path=browser_path, args=CHROMIUM_ARGS)
         start = time.perf_counter()
         await asyncio.gather(
             *(session(browser, url, questions, found, patience_ms) for _ in range(sessions))
@@ -137,6 +153,7 @@ def peak_memory_mb(pid: int) -> float:
 
 def visitors(
     url: str,
+    browser_path: str,
     sessions: int,
     questions: list[str],
     patience_ms: int = 600_000,
@@ -144,17 +161,18 @@ def visitors(
 ) -> dict[str, dict]:
     """One visitor, `sessions` and twice as many, each asking at the same moment; into `phases`
     as each is measured."""
-    asyncio.run(ask_all(url, 1, questions[:1], patience_ms))  # warm-up: models loaded, adapter
+    # The warm-up: models loaded, the adapter attached.
+    asyncio.run(ask_all(url, browser_path, 1, questions[:1], patience_ms))
     phases = {} if phases is None else phases
     for name, count in (("alone", 1), ("four", sessions), ("eight", 2 * sessions)):
         print(f"{name}: {count} visitors", file=sys.stderr, flush=True)
-        phases[name] = asyncio.run(ask_all(url, count, questions, patience_ms))
+        phases[name] = asyncio.run(ask_all(url, browser_path, count, questions, patience_ms))
         assert phases[name]["answers"] == count * len(questions) * 4, (name, phases[name])
         assert phases[name]["errors"] == 0, (name, phases[name])
     return phases
 
 
-def served_visitors(url: str, sessions: int, questions: list[str]) -> dict:
+def served_visitors(url: str, browser_path: str, sessions: int, questions: list[str]) -> dict:
     """The same visitors against a serving engine: each phase's figures, or where it stalled. An
     answer that takes longer than SERVED_PATIENCE_S ends the served phases (vLLM's CPU engine
     stalled here with requests running and nothing generated), and the studio's own phases are
@@ -164,7 +182,7 @@ def served_visitors(url: str, sessions: int, questions: list[str]) -> dict:
     found: dict[str, dict] = {}
     stalled = {}
     try:
-        visitors(url, sessions, questions, SERVED_PATIENCE_S * 1000, found)
+        visitors(url, browser_path, sessions, questions, SERVED_PATIENCE_S * 1000, found)
     except PlaywrightTimeout:
         stalled = {
             "stalled": f"after {len(found)} phases: an answer took over {SERVED_PATIENCE_S} s"
@@ -199,6 +217,7 @@ def main() -> None:
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-load-"))
     print(f"logs in {scratch}", file=sys.stderr, flush=True)
+    browser_path = idle_chromium(scratch)
     shared = load_settings()
     settings = shared.model_copy(
         update={"data_dir": scratch / "data", "model_cache_dir": shared.models_dir.resolve()}
@@ -235,7 +254,7 @@ def main() -> None:
             served_environment["LRS_ENGINE_MODEL"] = server.model
         process, url = start_studio(settings.data_dir, scratch / "served.log", **served_environment)
         try:
-            served = served_visitors(url, args.sessions, questions)
+            served = served_visitors(url, browser_path, args.sessions, questions)
             served_memory_mb = peak_memory_mb(process.pid)
         finally:
             process.terminate()
@@ -244,7 +263,7 @@ def main() -> None:
                 server.stop()
     process, url = start_studio(settings.data_dir, scratch / "streamlit.log", **environment)
     try:
-        phases = visitors(url, args.sessions, questions)
+        phases = visitors(url, browser_path, args.sessions, questions)
         quiet = phases["four"]
 
         # A fine-tune long enough to outlast the training phase, started as the page starts it.
@@ -262,7 +281,7 @@ def main() -> None:
         watcher = threading.Thread(target=watch_steps, args=(training_run.folder, stop, seen))
         watcher.start()
         print(f"training phase (step {status.step})", file=sys.stderr, flush=True)
-        busy = asyncio.run(ask_all(url, args.sessions, questions))
+        busy = asyncio.run(ask_all(url, browser_path, args.sessions, questions))
         stop.set()
         watcher.join()
         still = jobs.read(training_run.folder)

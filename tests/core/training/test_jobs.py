@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[3]
 SMALL = TrainConfig(batch_size=4, epochs=2, eval_fraction=0.1, max_length=64)
 # Long enough to be caught mid-run: about 760 steps of the tiny model.
 LONG = TrainConfig(batch_size=2, epochs=8, eval_fraction=0.05, max_length=64)
+# Caught after a checkpoint, then carried to its end: 116 steps, a checkpoint every 15.
+RESUMABLE = TrainConfig(batch_size=2, epochs=4, eval_fraction=0.05, max_length=64)
 
 
 def dataset(rows: int = 40):
@@ -79,7 +81,7 @@ def test_a_second_run_is_refused_and_cancel_stops_the_first(settings, stop_runs)
 def test_a_killed_worker_is_interrupted_and_resumes_from_its_checkpoint(
     settings, stop_runs
 ) -> None:
-    run = jobs.start(settings, dataset(200), LONG, name="Killed")
+    run = jobs.start(settings, dataset(60), RESUMABLE, name="Killed")
     wait_for(run.folder, lambda s: run_folder.read_status(s.folder).get("checkpoint_step"))
     os.kill(run_folder.read_status(run.folder)["pid"], signal.SIGKILL)
     status = wait_for(run.folder, lambda s: s.state == "interrupted", timeout=10)
