@@ -25,11 +25,13 @@ visitors at once over one visitor alone (target 1.5: the shared engine answers t
 one after another it would be 4). "training_ratio": median with training over median with four
 visitors (target 2.0: sharing two cores with a training run may at most halve the speed).
 
-With `--engine-url` (an OpenAI-compatible server such as vLLM serving the default model with
-LoRA enabled; the README's "Scaling out" says how), the alone, four and eight phases run again
-with the studio pointed at it, and its figures are printed beside the embedded engine's.
+With `--vllm` (a real vLLM server, its CPU build, started here on the default model with
+LoRA enabled) or `--engine-url` (an OpenAI-compatible server of yours; the README's "Scaling
+out" says how), the alone, four and eight phases run first with the studio pointed at it, and
+its figures are printed beside the embedded engine's.
 
-    .venv/bin/python bench/load.py [--sessions 4] [--questions 2] [--tokens 32] [--engine-url URL]
+    .venv/bin/python bench/load.py [--sessions 4] [--questions 2] [--tokens 32]
+                                   [--vllm | --engine-url URL]
 """
 
 from __future__ import annotations
