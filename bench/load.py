@@ -59,7 +59,7 @@ from core.settings import load_settings
 from core.training import jobs, run_folder
 from core.training.config import PRESETS
 from core.training.datasets import parse_dataset
-from tests.e2e.conftest import CHROMIUM_ARGS, start_studio
+from tests.e2e.conftest import CHROMIUM_ARGS, chromium, start_studio
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVED_PATIENCE_S = 180
@@ -102,12 +102,12 @@ def idle_chromium(folder: Path) -> str:
     its children inherit). The visitors' browsers stand for people on their own computers: on the
     studio's two cores at normal priority, eight of them rendering streamed answers took a large
     share of the CPU the answers were computed with. Plain Chromium where `chrt` is missing."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or "chromium"
+    browser = chromium() or "chromium"
     chrt = shutil.which("chrt")
     if chrt is None:
-        return chromium
+        return browser
     wrapper = folder / "idle-chromium"
-    wrapper.write_text(f'#!/bin/sh\nexec {chrt} --idle 0 {chromium} "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\nexec {chrt} --idle 0 {browser} "$@"\n')
     wrapper.chmod(0o755)
     return str(wrapper)
 
@@ -176,9 +176,9 @@ def visitors(
 
 def served_visitors(url: str, browser_path: str, sessions: int, questions: list[str]) -> dict:
     """The same visitors against a serving engine: each phase's figures, or where it stalled. An
-    answer that takes longer than SERVED_PATIENCE_S ends the served phases (vLLM's CPU engine
-    stalled here with requests running and nothing generated), and the studio's own phases are
-    still measured."""
+    answer that takes longer than SERVED_PATIENCE_S ends the served phases, and the studio's own
+    phases are still measured (vLLM's CPU build started with a --max-lora-rank far above the
+    adapter's took minutes per prompt: see tests/support/vllm_server.py)."""
     from playwright.async_api import TimeoutError as PlaywrightTimeout
 
     found: dict[str, dict] = {}
@@ -239,8 +239,8 @@ def main() -> None:
         "LRS_TEMPERATURE": "0",
         "LRS_MAX_NEW_TOKENS": str(args.tokens),
     }
-    # The serving engine first, while nothing else runs beside it (vLLM's CPU engine stalled
-    # when its first question came while a training worker was still stopping).
+    # The serving engine first, while nothing else runs beside it: no training worker still
+    # stopping, no studio still holding the embedded model.
     served = None
     server = None
     if args.vllm:

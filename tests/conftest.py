@@ -99,9 +99,7 @@ def stop_runs(settings: Settings):  # type: ignore[no-untyped-def]
         pid = run_folder.read_status(run.folder).get("pid")
         if run.active and pid and pid != os.getpid():  # in-process runs have our own pid
             # The worker's whole session: under torchrun, the launcher and every process.
+            # Workers start in a session of their own: never our own group.
             with contextlib.suppress(ProcessLookupError):
-                group = os.getpgid(pid)
-                if group != os.getpgid(0):
+                if (group := os.getpgid(pid)) != os.getpgid(0):
                     os.killpg(group, signal.SIGKILL)
-                else:
-                    os.kill(pid, signal.SIGKILL)

@@ -21,6 +21,13 @@ from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "e2e"
+
+
+def chromium() -> str | None:
+    """Debian's Chromium (FACTS.md: Playwright's own download fails here); None: Playwright's."""
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -128,9 +135,8 @@ def studio_url(real_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def browser() -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
-    executable = shutil.which("chromium") or shutil.which("chromium-browser")
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        launched = playwright.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS)
         yield launched
         launched.close()
 

@@ -54,6 +54,11 @@ def finished(status: jobs.RunStatus) -> bool:
 
 
 QUICK = TrainConfig(batch_size=4, epochs=2, max_length=64, learning_rate=5e-3)
+# Long enough to be caught mid-run: with 200 rows, about 760 steps of the tiny model.
+LONG = TrainConfig(batch_size=2, epochs=8, eval_fraction=0.05, max_length=64)
+# Killed after a checkpoint, then resumed to its end: with 60 rows, 116 steps in one process
+# (a checkpoint every 15), 60 in each of two (a checkpoint every 8).
+RESUMABLE = TrainConfig(batch_size=2, epochs=4, eval_fraction=0.05, max_length=64)
 
 
 def trained(settings: Settings, name: str, system_prompt: str = "") -> str:

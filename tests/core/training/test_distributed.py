@@ -14,12 +14,9 @@ from core.model.local import HFChatModel
 from core.training import adapters, jobs, run_folder
 from core.training.config import TrainConfig
 from core.training.datasets import parse_dataset
-from tests.support.training import alpaca_rows, finished, wait_for
+from tests.support.training import LONG, RESUMABLE, alpaca_rows, finished, wait_for
 
 SMALL = TrainConfig(batch_size=4, epochs=3, eval_fraction=0.1, max_length=64, learning_rate=5e-3)
-LONG = TrainConfig(batch_size=2, epochs=8, eval_fraction=0.05, max_length=64)
-# 57 training rows: 15 steps per epoch in each process, a checkpoint every 8 steps.
-RESUMABLE = TrainConfig(batch_size=2, epochs=4, eval_fraction=0.05, max_length=64)
 
 
 def test_two_processes_train_one_adapter_that_loads_and_answers(settings, stop_runs) -> None:

@@ -16,14 +16,17 @@ from core.errors import InvalidInputError
 from core.training import adapters, jobs, run_folder, worker
 from core.training.config import TrainConfig
 from core.training.datasets import parse_dataset
-from tests.support.training import alpaca_rows, finished, hashes, wait_for
+from tests.support.training import (
+    LONG,
+    RESUMABLE,
+    alpaca_rows,
+    finished,
+    hashes,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 SMALL = TrainConfig(batch_size=4, epochs=2, eval_fraction=0.1, max_length=64)
-# Long enough to be caught mid-run: about 760 steps of the tiny model.
-LONG = TrainConfig(batch_size=2, epochs=8, eval_fraction=0.05, max_length=64)
-# Caught after a checkpoint, then carried to its end: 116 steps, a checkpoint every 15.
-RESUMABLE = TrainConfig(batch_size=2, epochs=4, eval_fraction=0.05, max_length=64)
 
 
 def dataset(rows: int = 40):
