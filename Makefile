@@ -8,7 +8,7 @@ PORT ?= 8501
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck deps audit format bench browser clean
+.PHONY: install run test lint typecheck deps audit format bench bench-peers browser clean
 
 install: $(STAMP)
 
@@ -63,5 +63,12 @@ bench: install
 	$(BIN)/python bench/evaluate.py
 	$(BIN)/python bench/load.py
 
+# The peers that benchmarks compare with where they can, each in its own environment: llama.cpp
+# (bench/generate.py decodes the same GGUF file with it). It compiles for some minutes.
+PEERS := .venv-peers
+bench-peers: install
+	@test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet "llama-cpp-python==0.3.36"
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache test-artifacts
+	rm -rf $(VENV) $(PEERS) .pytest_cache .ruff_cache test-artifacts

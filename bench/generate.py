@@ -2,11 +2,15 @@
 
 "Plain" is what a user gets from transformers' defaults: the model loaded in float32 and
 `model.generate`. "Ours" is the studio's path: the model loaded as the studio loads it (bfloat16 on
-CPUs that compute it natively) and streamed generation. A third run, plain `generate` on our
-loaded model, shows what the streaming wrapper itself costs.
+CPUs that compute it natively), decoding through packed weights (core.model.weights) and
+streamed. A third run, plain `generate` on our loaded model in its own number format, shows what
+the studio's decoder adds. Where `make bench-peers` has installed llama-cpp-python (in
+.venv-peers), llama.cpp decodes the same GGUF file from the same prompt, and its figures are
+printed beside ours.
 
-Prints one JSON line: decode tokens/s and time to first token of each, "ratio" (ours over plain,
-decode tokens/s) and "target" (1.0).
+Prints one JSON line: decode tokens/s and time to first token of each, "ratio" (ours over plain
+float32 `generate`, decode tokens/s) and "target" (5.6: what llama.cpp reached against plain
+`generate` on the machine where the target was set).
 
     .venv/bin/python bench/generate.py [--tokens 96] [--rounds 5]
 """
@@ -25,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from core.model import compute
+from core.model import compute, loading
 from core.model.chat import SamplingParams
 from core.model.loading import load_chat_model
 from core.model.local import HFChatModel
@@ -33,6 +37,9 @@ from core.settings import load_settings
 
 QUESTION = "Write a long story about a lighthouse keeper who finds a message in a bottle."
 
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"  # `make bench-peers`
 
 # A second torch process computing on every core until it is killed.
 BUSY = "import torch\nx = torch.randn(768, 768)\nprint('busy', flush=True)\nwhile True:\n    x @ x"
@@ -51,6 +58,7 @@ def main() -> None:
     if args.quick:
         args.tokens, args.rounds = 8, 1
 
+    threads = torch.get_num_threads()
     settings = load_settings()
     loaded = load_chat_model(settings)
     default_model = load_chat_model(settings.model_copy(update={"dtype": "float32"})).model
@@ -104,6 +112,7 @@ def main() -> None:
     finally:
         busy.kill()
         busy.wait(timeout=30)
+    peer = llama_cpp(settings.base_model, ids, args.tokens, args.rounds, threads)
 
     def summary(runs: list[tuple[float, float, int]]) -> dict[str, float]:
         return {
@@ -120,7 +129,8 @@ def main() -> None:
         "model": loaded.name,
         "device": loaded.device,
         "our_dtype": str(loaded.model.dtype).removeprefix("torch."),
-        "threads": torch.get_num_threads(),
+        "threads": threads,
+        "weights": chat.decoding.info.text or "as loaded",
         "prompt_tokens": len(ids),
         "ours": our_stats,
         "plain_generate_float32": plain_stats,
@@ -130,10 +140,56 @@ def main() -> None:
         "busy_slowdown_target": 2.5,
         "wrapper_ratio_same_dtype": round(our_stats[decode] / same_stats[decode], 3),
         "ttft_ratio_plain_over_ours": round(plain_stats["ttft_s"] / our_stats["ttft_s"], 3),
+        "llama_cpp": peer,
+        "ours_over_llama_cpp": (
+            round(our_stats[decode] / peer[decode], 3) if decode in peer else None
+        ),
+        "llama_cpp_over_plain": (
+            round(peer[decode] / plain_stats[decode], 3) if decode in peer else None
+        ),
+        "peak_rss_mb": peak_rss_mb(),
         "ratio": round(our_stats[decode] / plain_stats[decode], 3),
-        "target": 1.0,
+        "target": 5.6,
     }
     print(json.dumps(result))
+
+
+def llama_cpp(
+    spec: str, ids: list[int], tokens: int, rounds: int, threads: int
+) -> dict[str, object]:
+    """llama.cpp's figures on the GGUF file of an embedded model, or why there are none."""
+    if not spec.startswith("embedded:") or not loading.EMBEDDED_MODELS[spec][1].endswith(".gguf"):
+        return {"skipped": "the model is not a GGUF file"}
+    if not PEERS_PYTHON.exists():
+        return {"skipped": "llama-cpp-python is not installed: run `make bench-peers`"}
+    job = {
+        "gguf": str(loading.embedded_path(spec)),
+        "ids": ids,
+        "tokens": tokens,
+        "rounds": rounds,
+        "threads": threads,
+    }
+    for prompt_batch in (None, 1):  # see bench/peers/llama_cpp_decode.py
+        done = subprocess.run(
+            [str(PEERS_PYTHON), str(ROOT / "bench" / "peers" / "llama_cpp_decode.py")],
+            input=json.dumps({**job, "prompt_batch": prompt_batch}),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if done.returncode == 0:
+            figures = dict(json.loads(done.stdout.strip().splitlines()[-1]))
+            if prompt_batch == 1:
+                figures["note"] = "prompt read a token at a time (its AMX kernel crashed)"
+            return figures
+    return {"skipped": f"llama.cpp failed (exit {done.returncode}): {done.stderr.strip()[-200:]}"}
+
+
+def peak_rss_mb() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
 if __name__ == "__main__":

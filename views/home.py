@@ -107,8 +107,8 @@ def installation(settings: Settings) -> None:
             name, note = (markdown_escape(t) for t in (source.display_name, source.note))
             st.markdown(f"{name}  \n:gray[{note}]")
             st.markdown(
-                f"Runs on: {resources.device_text(settings)}, "
-                f"{resources.dtype_text(settings)} weights"
+                f"Runs on: {resources.device_text(settings)} · "
+                f"weights: {resources.weights_text(settings)}"
             )
         except StudioError as error:
             st.error(markdown_escape(error), icon=":material/error:")

@@ -25,6 +25,7 @@ from typing import Any
 from core.errors import BusyError
 from core.model import compute
 from core.model.decode import BASE, Batch, PrefixCache, Row, stopping
+from core.model.weights import DecodeWeights
 from core.wording import plural
 
 
@@ -40,8 +41,10 @@ class Engine:
         *,
         max_batch: int = 16,
         max_waiting: int = 32,
+        weights: DecodeWeights | None = None,
     ) -> None:
         self.model = model
+        self.weights = weights  # how decoding reads the weights (core.model.weights)
         self.eos_ids = eos_ids
         self._peft = peft
         self.max_batch = max(1, max_batch)
@@ -112,7 +115,7 @@ class Engine:
     def _loop(self) -> None:
         import torch
 
-        batch = Batch(self.model, self.eos_ids, self._peft, self.prefixes)
+        batch = Batch(self.model, self.eos_ids, self._peft, self.prefixes, self.weights)
         try:
             with torch.inference_mode():
                 while not self._idle(batch):

@@ -4,7 +4,7 @@ mixed batch added by forward hooks instead of PEFT's gather and scatter (see cor
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -12,6 +12,9 @@ import torch
 
 BASE = "__base__"  # PEFT's adapter name for "no adapter" in a mixed batch
 ATTENTION = "studio"  # our attention function's name in transformers' AttentionInterface
+# The keyword argument, passed through the model's forward, that tells our attention function how
+# many columns of a static cache are filled: it reads no further (the rest is empty room).
+WINDOW = "studio_window"
 
 
 # -- attention for one new token per row -----------------------------------------------------------
@@ -48,6 +51,11 @@ def use_fast_attention(model: Any) -> None:
                 scaling=scaling,
                 **kwargs,
             )
+        window = kwargs.get(WINDOW)
+        if window is not None:  # the cache's filled columns: the rest is room for later tokens
+            key, value = key[:, :, :window], value[:, :, :window]
+            if attention_mask is not None:
+                attention_mask = attention_mask[..., :window]
         rows, heads, _, dim = query.shape
         groups = key.shape[1]  # grouped-query attention: each key head serves heads // groups
         scale = scaling if scaling is not None else dim**-0.5
@@ -76,16 +84,19 @@ def use_fast_attention(model: Any) -> None:
 
 # -- the fast mixed-adapter path for decoding ------------------------------------------------------
 @contextmanager
-def fast_lora(peft_model: Any, adapters: Sequence[str]) -> Iterator[bool]:
-    """While active, PEFT's LoRA layers are replaced by the plain layers they wrap, and a forward
-    hook on each adapted one adds `(x A^T) (scaling B)^T` to the rows of that adapter, which lie
-    side by side; call the base model then. Yields False (and changes nothing) when PEFT's path
-    must be used instead."""
-    if peft_model is None:
-        yield True
-        return
+def fast_lora(
+    model: Any,
+    peft_model: Any,
+    adapters: Sequence[str],
+    packed: Mapping[str, torch.nn.Module] | None = None,
+) -> Iterator[bool]:
+    """While active, PEFT's LoRA layers are replaced by the plain layers they wrap (or by the
+    packed copies of those, core.model.weights, by module path in `model`), and a forward hook
+    on each adapted one adds `(x A^T) (scaling B)^T` to the rows of that adapter, which lie side
+    by side; call the base model then. Yields False (and changes nothing) when PEFT's path must
+    be used instead."""
     used = sorted({name for name in adapters if name != BASE})
-    layers = _lora_layers(peft_model, used) if used else []
+    layers = _lora_layers(peft_model, used) if used and peft_model is not None else []
     if layers is None:
         yield False
         return
@@ -105,25 +116,35 @@ def fast_lora(peft_model: Any, adapters: Sequence[str]) -> Iterator[bool]:
         offset = 0
         for layer, down, up in group:
             columns = slice(offset, offset + down.shape[0])
-            updates.setdefault(id(layer), []).append((*spans[name], shared, columns, up))
+            # By the plain layer it wraps: that layer, or its packed copy, takes its place.
+            updates.setdefault(id(layer.base_layer), []).append((*spans[name], shared, columns, up))
             offset += down.shape[0]
     # PEFT's wrappers step aside while decoding: their own forward costs about 2 ms a step even
     # with adapters disabled. The plain layers they wrap take their place, hooks and all.
     from peft.tuners.lora import LoraLayer
 
-    wrappers = [(p, m) for p, m in peft_model.named_modules() if isinstance(m, LoraLayer)]
-    handles = []
+    places = {
+        path: module
+        for path, module in model.named_modules()
+        if isinstance(module, LoraLayer) or path in (packed or {})
+    }
+    handles, swapped = [], []
     try:
-        for _, layer in layers:
-            handles.append(layer.base_layer.register_forward_hook(_adder(updates[id(layer)])))
-        for path, wrapper in wrappers:
-            parent, _, attribute = path.rpartition(".")
-            setattr(peft_model.get_submodule(parent), attribute, wrapper.base_layer)
+        for path, module in places.items():
+            plain = module.base_layer if isinstance(module, LoraLayer) else module
+            replacement = (packed or {}).get(path, plain)
+            if getattr(replacement, "linear", plain) is not plain:
+                replacement = plain  # packed from other weights than those now in place
+            if id(plain) in updates:
+                handles.append(replacement.register_forward_hook(_adder(updates[id(plain)])))
+            if replacement is not module:
+                parent, _, attribute = path.rpartition(".")
+                setattr(model.get_submodule(parent), attribute, replacement)
+                swapped.append((parent, attribute, module))
         yield True
     finally:
-        for path, wrapper in wrappers:
-            parent, _, attribute = path.rpartition(".")
-            setattr(peft_model.get_submodule(parent), attribute, wrapper)
+        for parent, attribute, module in swapped:
+            setattr(model.get_submodule(parent), attribute, module)
         for handle in handles:
             handle.remove()
 
@@ -178,19 +199,20 @@ def _lora_layers(peft_model: Any, used: Sequence[str]) -> list[tuple[str, Any]] 
 
 
 def _low_rank(layer: Any, used: Sequence[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per adapter: A, and (scaling * B) transposed, in float32: products this small run about
-    twice as fast in float32 as in bfloat16 on a CPU (measured: 14 against 32 us per layer)."""
+    """Per used adapter of `layer`: its `low_rank` pair."""
+    return {name: low_rank(layer, name) for name in used if name in layer.lora_A}
+
+
+def low_rank(layer: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The adapter `name` of a PEFT LoRA layer as (A, (scaling * B) transposed), in float32:
+    products this small run about twice as fast in float32 as in bfloat16 on a CPU (measured:
+    14 against 32 us per layer). Kept on the layer until `forget_low_rank`."""
     cached = layer.__dict__.setdefault("_studio_low_rank", {})
-    found = {}
-    for name in used:
-        if name not in layer.lora_A:
-            continue
-        if name not in cached:
-            down = layer.lora_A[name].weight.detach().float()
-            up = layer.lora_B[name].weight.detach().float() * layer.scaling[name]
-            cached[name] = (down.contiguous(), up.t().contiguous())
-        found[name] = cached[name]
-    return found
+    if name not in cached:
+        down = layer.lora_A[name].weight.detach().float()
+        up = layer.lora_B[name].weight.detach().float() * layer.scaling[name]
+        cached[name] = (down.contiguous(), up.t().contiguous())
+    return cached[name]
 
 
 def forget_low_rank(peft_model: Any, name: str) -> None:

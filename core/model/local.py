@@ -27,6 +27,8 @@ from core.model.chat import (
 from core.model.engine import Engine
 from core.model.loading import LoadedModel
 from core.model.prompts import PromptBuilder
+from core.model.weights import WeightsSetting
+from core.model.weights import prepare as prepare_weights
 
 MAX_LOADED_ADAPTERS = 4  # adapters kept beside the base weights; the least recently used goes
 
@@ -42,6 +44,7 @@ class HFChatModel(OneOfMany):
         *,
         max_batch: int = 16,
         max_waiting: int = 32,
+        weights: WeightsSetting = "auto",
     ) -> None:
         self.loaded = loaded
         self.name = loaded.name
@@ -51,6 +54,8 @@ class HFChatModel(OneOfMany):
         self.prompts = PromptBuilder(self.tokenizer, self.context_window)
         self._lock = threading.Lock()  # adapters are loaded one at a time
         decode.use_fast_attention(loaded.model)
+        # Decoding reads packed copies of the frozen weights where the CPU has the kernels.
+        self.decoding = compute.call(prepare_weights, loaded.model, weights)
         self._peft: Any = None  # PEFT's wrapper, once an adapter is loaded
         self._adapters: list[str] = []  # loaded adapters, least recently used first
         # Every answer of every session is a row of this one engine's batch.
@@ -60,6 +65,7 @@ class HFChatModel(OneOfMany):
             lambda: self._peft,
             max_batch=max_batch,
             max_waiting=max_waiting,
+            weights=self.decoding,
         )
 
     def build_prompt(

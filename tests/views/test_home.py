@@ -66,3 +66,32 @@ def test_home_names_the_serving_engine_and_says_plainly_when_it_is_down(
     at = open_page(None)  # the server has stopped; the page still opens, and says so
     assert not at.exception
     assert "cannot be reached: start it, or check LRS_ENGINE_URL" in texts(at.markdown)
+
+
+@pytest.mark.parametrize(
+    ("setting", "shown"),
+    [
+        ("auto", "weights: int8 for answers (about twice as fast"),  # a folder of bf16 weights
+        ("full", "weights: bfloat16"),
+    ],
+)
+def test_home_says_how_answers_read_the_weights(
+    open_page, monkeypatch, setting: str, shown: str
+) -> None:
+    monkeypatch.setenv("LRS_DTYPE", "bfloat16")
+    monkeypatch.setenv("LRS_DECODE_WEIGHTS", setting)
+    monkeypatch.setattr(resources, "_decoding", {})
+    at = open_page(None)
+    text = texts(at.markdown)
+    assert shown in text
+    assert ("for fine-tuning" in text) == (setting == "auto")
+
+
+def test_the_embedded_model_is_described_as_read_in_its_own_four_bits(monkeypatch) -> None:
+    from core.settings import Settings
+
+    settings = Settings(_env_file=None, dtype="bfloat16", device="cpu")
+    monkeypatch.setattr(resources, "_decoding", {})
+    assert resources.weights_text(settings).startswith(
+        "int4 for answers (as the model file stores them)"
+    )

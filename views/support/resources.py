@@ -61,6 +61,38 @@ def dtype_text(settings: Settings) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+# What the loaded chat model's answers read (core.model.weights), by model, once it is loaded.
+_decoding: dict[str, str] = {}
+
+
+def weights_text(settings: Settings) -> str:
+    """The number format of the weights in plain words, for example 'int4 for answers (as the
+    model file stores them), bfloat16 for fine-tuning'."""
+    dtype = dtype_text(settings)
+    packed = _decoding.get(settings.base_model) or _expected_packing(settings, dtype)
+    if not packed:
+        return dtype
+    why = {
+        "int4": "as the model file stores them",
+        "int8": "about twice as fast, within a fraction of a percent",
+    }
+    kind = packed.split(" + ")[0]
+    return f"{kind} for answers ({why.get(kind, 'packed')}), {dtype} for fine-tuning"
+
+
+def _expected_packing(settings: Settings, dtype: str) -> str:
+    """What core.model.weights will pack, told from the settings and the model file alone."""
+    if settings.engine_url or settings.decode_weights == "full" or dtype != "bfloat16":
+        return ""
+    if loading.resolve_device(settings.device) != "cpu":
+        return ""
+    if settings.decode_weights == "auto":
+        path = loading.describe_model(settings.base_model, settings).path
+        if path is not None and path.suffix == ".gguf" and ".Q4_" in path.name:
+            return "int4"
+    return "int8"
+
+
 @st.cache_data(ttl=10, show_spinner=False)
 def _engine_text(engine_url: str | None, _settings: Settings) -> str:
     return remote.server_status(_settings)
@@ -79,12 +111,15 @@ def build_chat_model(settings: Settings) -> ChatModel:
             loading.load_tokenizer(settings),
             loading.describe_model(settings.base_model, settings).display_name,
         )
-    return HFChatModel(
+    chat = HFChatModel(
         loading.load_chat_model(settings),
         context_window=settings.context_window,
         max_batch=settings.max_batch,
         max_waiting=settings.max_waiting,
+        weights=settings.decode_weights,
     )
+    _decoding[settings.base_model] = chat.decoding.info.text
+    return chat
 
 
 @st.cache_resource(show_spinner=False, max_entries=1)

@@ -1,0 +1,210 @@
+"""Packed weights and the fused Llama step: the answers they give are the reference path's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.model import decode, weights
+from core.model.chat import SamplingParams
+from core.model.decode import BASE, Row
+from core.model.llama_step import LlamaStep
+from core.model.loading import load_chat_model
+from core.model.local import HFChatModel
+from core.training import adapters
+
+PROMPTS = [
+    "What is the capital of France?",
+    "The quick brown fox jumps over the lazy dog.",
+    "Retrieval augmented generation reads your documents.",
+    "You are a helpful assistant. Answer briefly and plainly.",
+]
+NEW_TOKENS = 24
+
+
+def four_bit(weight: torch.Tensor) -> torch.Tensor:
+    """`weight` rounded as llama.cpp's Q4_1 rounds it: in groups of 32, min + k * step, k in
+    0..15, with the group's ends kept."""
+    rows, columns = weight.shape
+    groups = weight.float().reshape(rows, columns // 32, 32)
+    low = groups.amin(-1, keepdim=True)
+    step = (groups.amax(-1, keepdim=True) - low) / 15
+    levels = ((groups - low) / step).round()
+    return (levels * step + low).reshape(rows, columns).to(weight.dtype)
+
+
+def snap_to_four_bits(model) -> None:
+    """Make the decoder's linear weights 4-bit, as the embedded default's GGUF file has them."""
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and ".layers." in name:
+                module.weight.copy_(four_bit(module.weight))
+
+
+@pytest.fixture(scope="module")
+def bf16(tuned):
+    """The tiny model in bfloat16 with 4-bit decoder weights, the trained adapter attached, and
+    the fused step built for it."""
+    _, run_id, settings = tuned
+    settings = settings.model_copy(update={"dtype": "bfloat16"})
+    loaded = load_chat_model(settings)
+    snap_to_four_bits(loaded.model)
+    chat = HFChatModel(loaded, weights="auto")
+    adapters.attach(chat, settings, run_id)
+    return chat, run_id
+
+
+def token_ids(chat: HFChatModel, text: str) -> list[int]:
+    ids, _, _ = chat.build_prompt([{"role": "user", "content": text}], "Be brief.", NEW_TOKENS)
+    return ids
+
+
+def greedy(chat, run_id, how: weights.DecodeWeights | None) -> dict[tuple[str, str], list[int]]:
+    """Every prompt with and without the adapter, in one batch: the tokens of each row."""
+    out: dict[tuple[str, str], list[int]] = {}
+    rows = []
+    for text in PROMPTS:
+        for adapter in (BASE, run_id):
+            tokens: list[int] = []
+            out[(text, adapter)] = tokens
+            rows.append(Row(token_ids(chat, text), NEW_TOKENS, tokens.append, adapter=adapter))
+    decode.decode(chat.loaded.model, rows, set(), chat._peft, weights=how)
+    return out
+
+
+class Forced(decode.Batch):
+    """A batch fed the reference's tokens (teacher forcing), recording whether its own choice
+    at each step was the same."""
+
+    def __init__(self, *args, reference: dict[int, list[int]], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.reference = reference
+        self.agree: list[bool] = []
+
+    def _pick(self, logits: torch.Tensor) -> list[int]:
+        own = logits.argmax(dim=-1).tolist()
+        forced = [self.reference[id(row)][row.new_tokens] for row in self.rows]
+        self.agree += [a == b for a, b in zip(own, forced, strict=True)]
+        return forced
+
+
+def agreement(chat, run_id, how: weights.DecodeWeights) -> float:
+    """The share of steps where `how` picks the token the reference path picks, both reading
+    the reference's answer so far."""
+    reference = greedy(chat, run_id, None)
+    rows, expected = [], {}
+    for (text, adapter), tokens in reference.items():
+        row = Row(token_ids(chat, text), NEW_TOKENS, lambda token: None, adapter=adapter)
+        rows.append(row)
+        expected[id(row)] = tokens
+    batch = Forced(chat.loaded.model, set(), lambda: chat._peft, weights=how, reference=expected)
+    with torch.inference_mode():
+        batch.admit(rows)
+        while batch.rows:
+            batch.step()
+    batch.pause()
+    assert len(batch.agree) == len(rows) * (NEW_TOKENS - 1)
+    return sum(batch.agree) / len(batch.agree)
+
+
+# -- packing ---------------------------------------------------------------------------------------
+def test_four_bit_weights_pack_as_int4_without_loss_and_others_as_int8() -> None:
+    torch.manual_seed(0)
+    weight = four_bit(torch.randn(64, 128) * 0.05).to(torch.bfloat16)
+    x = torch.randn(3, 128).to(torch.bfloat16)
+    exact = x.float() @ weight.float().t()
+    packed = weights.pack_weight(weight, "auto")
+    assert packed.kind == "int4"
+    assert torch.allclose(packed.mm(x).float(), exact, atol=0.02, rtol=0.02)
+    plain = (torch.randn(64, 128) * 0.05).to(torch.bfloat16)  # not 4-bit: int8
+    packed = weights.pack_weight(plain, "auto")
+    assert packed.kind == "int8"
+    exact = x.float() @ plain.float().t()
+    assert (packed.mm(x).float() - exact).abs().max() < 0.02 * exact.abs().max()
+    assert weights.pack_weight(weight, "int8").kind == "int8"
+    assert weights.pack_weight(weight, "full").kind == "full"
+
+
+def test_the_default_model_shape_is_packed_and_described(bf16) -> None:
+    chat, _ = bf16
+    info = chat.decoding.info
+    assert isinstance(chat.decoding.step, LlamaStep)
+    # Two layers of four fused matrices, all 4-bit; the output head (the embeddings) is not.
+    assert (info.int4, info.int8, info.full) == (8, 1, 0)
+    assert info.text == "int4 + int8"
+
+
+# -- the answers -----------------------------------------------------------------------------------
+def test_the_fused_step_picks_the_reference_tokens_for_base_adapter_and_mixed_rows(bf16) -> None:
+    chat, run_id = bf16
+    assert agreement(chat, run_id, chat.decoding) >= 0.95
+    fast = greedy(chat, run_id, chat.decoding)
+    assert fast[(PROMPTS[0], BASE)] != fast[(PROMPTS[0], run_id)]  # the adapter still counts
+
+
+def test_the_fused_step_on_full_weights_computes_what_transformers_computes(tuned) -> None:
+    chat, run_id, _ = tuned  # in float32: the same arithmetic, to within rounding
+    full = weights.DecodeWeights(step=LlamaStep.build(chat.loaded.model, "full"))
+    assert greedy(chat, run_id, full) == greedy(chat, run_id, None)
+    assert agreement(chat, run_id, full) == 1.0
+
+
+# -- where a lever cannot apply, the plain path serves ---------------------------------------------
+def test_another_architecture_decodes_through_its_own_forward_with_packed_layers(
+    bf16, monkeypatch
+) -> None:
+    chat, run_id = bf16
+    monkeypatch.setattr(chat.loaded.model.config, "model_type", "mistral")
+    how = weights.prepare(chat.loaded.model, "auto")
+    assert how.step is None
+    assert {layer.kind for layer in how.layers.values()} == {"int4", "int8"}
+    assert agreement(chat, run_id, how) >= 0.95
+
+
+def test_an_adapter_the_step_cannot_apply_goes_through_the_models_forward(
+    bf16, monkeypatch
+) -> None:
+    chat, run_id = bf16
+
+    def refuse(self, peft_model, adapters):
+        raise LookupError("not a plain LoRA")
+
+    monkeypatch.setattr(LlamaStep, "deltas", refuse)
+    reference = greedy(chat, run_id, None)
+    assert greedy(chat, run_id, chat.decoding) == reference  # the plain path, exactly
+
+
+def test_no_kernels_or_no_bfloat16_means_the_model_as_it_is(bf16, tuned, monkeypatch) -> None:
+    chat, _ = bf16
+    float32_chat, _, _ = tuned
+    assert weights.prepare(float32_chat.loaded.model, "auto") == weights.DecodeWeights()
+    assert weights.prepare(chat.loaded.model, "full") == weights.DecodeWeights()
+    monkeypatch.delattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu", raising=False)
+    monkeypatch.setattr(weights, "supported", lambda model: False)
+    assert weights.prepare(chat.loaded.model, "auto").info.text == ""
+
+
+# -- the real default model ------------------------------------------------------------------------
+@pytest.mark.slow
+def test_the_default_model_decodes_int4_with_the_reference_tokens(
+    fresh_real_data_dir, real_persona_run
+) -> None:
+    from core.settings import Settings
+    from tests.support.training import copy_run
+
+    settings = Settings(_env_file=None, data_dir=fresh_real_data_dir(), dtype="bfloat16")
+    chat = HFChatModel(load_chat_model(settings), weights="auto")
+    run_id = copy_run(real_persona_run, settings.data_dir)
+    adapters.attach(chat, settings, run_id)
+    info = chat.decoding.info
+    # The GGUF file's 4-bit weights as they are, its 8-bit output head as int8.
+    assert (info.int4, info.int8, info.full) == (120, 1, 0)
+    agreed = agreement(chat, run_id, chat.decoding)
+    print(f"token agreement with the bfloat16 reference: {agreed:.3f}")
+    assert agreed >= 0.95
+    answer = chat.stream_chat(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        SamplingParams(temperature=0.0, max_new_tokens=16),
+        settings.system_prompt,
+    ).read()
+    assert "Paris" in answer.text
