@@ -224,9 +224,18 @@ class Batch:
             cache, start = self._prefixes.lookup(row.adapter, row.ids, self.model.config)
         cache = cache if cache is not None else DynamicCache(config=self.model.config)
         peft, device = self._peft(), self.model.device
-        for begin in range(start, len(row.ids), CHUNK):
-            ids = torch.tensor([row.ids[begin : begin + CHUNK]], device=device)
-            logits = _forward(self.model, peft, [row.adapter], input_ids=ids, cache=cache)
+        # PEFT's layers step aside here too (core.model.fast_paths): its mixed-batch forward
+        # took 0.48 s for a 754-token prompt without an adapter here, against 0.28 s.
+        with fast_paths.fast_lora(self.model, peft, [row.adapter]) as fast:
+            for begin in range(start, len(row.ids), CHUNK):
+                ids = torch.tensor([row.ids[begin : begin + CHUNK]], device=device)
+                logits = _forward(
+                    self.model,
+                    None if fast else peft,
+                    None if fast else [row.adapter],
+                    input_ids=ids,
+                    cache=cache,
+                )
         if self._prefixes is not None:
             self._prefixes.store(row.adapter, row.ids, cache)
         self._pickers[id(row)] = _sampler(row.sampling, device)

@@ -15,7 +15,7 @@ from typing import Any
 from transformers import TextIteratorStreamer
 
 from core.errors import GenerationError, ModelNotAvailableError
-from core.model import compute, decode
+from core.model import compute, decode, fast_paths
 from core.model.chat import (
     ChatRequest,
     ChatStream,
@@ -54,6 +54,7 @@ class HFChatModel(OneOfMany):
         self.prompts = PromptBuilder(self.tokenizer, self.context_window)
         self._lock = threading.Lock()  # adapters are loaded one at a time
         decode.use_fast_attention(loaded.model)
+        fast_paths.contiguous_head_input(loaded.model)
         # Decoding reads packed copies of the frozen weights where the CPU has the kernels.
         self.decoding = compute.call(prepare_weights, loaded.model, weights)
         self._peft: Any = None  # PEFT's wrapper, once an adapter is loaded

@@ -29,16 +29,26 @@ def four_bit(weight: torch.Tensor) -> torch.Tensor:
     groups = weight.float().reshape(rows, columns // 32, 32)
     low = groups.amin(-1, keepdim=True)
     step = (groups.amax(-1, keepdim=True) - low) / 15
-    levels = ((groups - low) / step).round()
+    levels = ((groups - low) / step.clamp(min=1e-12)).round()
     return (levels * step + low).reshape(rows, columns).to(weight.dtype)
 
 
+def eight_bit(weight: torch.Tensor) -> torch.Tensor:
+    """`weight` rounded to 255 levels per row, symmetric around zero."""
+    rows = weight.float()
+    scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127  # the pad row is 0
+    return ((rows / scale).round() * scale).to(weight.dtype)
+
+
 def snap_to_four_bits(model) -> None:
-    """Make the decoder's linear weights 4-bit, as the embedded default's GGUF file has them."""
+    """Make the decoder's linear weights 4-bit and the output head's 8-bit, as the embedded
+    default's GGUF file has them: packing them then loses nothing, and what is left to compare
+    is the arithmetic."""
     with torch.no_grad():
         for name, module in model.named_modules():
             if isinstance(module, torch.nn.Linear) and ".layers." in name:
                 module.weight.copy_(four_bit(module.weight))
+        model.lm_head.weight.copy_(eight_bit(model.lm_head.weight))
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +192,26 @@ def test_no_kernels_or_no_bfloat16_means_the_model_as_it_is(bf16, tuned, monkeyp
     monkeypatch.delattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu", raising=False)
     monkeypatch.setattr(weights, "supported", lambda model: False)
     assert weights.prepare(chat.loaded.model, "auto").info.text == ""
+
+
+def test_the_output_head_gets_an_input_matmul_folds_into_one_product(tuned) -> None:
+    from core.model import fast_paths
+
+    chat, _, _ = tuned  # its weights are frozen (PEFT has loaded an adapter)
+    model = chat.loaded.model
+    assert not model.lm_head.weight.requires_grad
+    seen = []
+    handle = model.lm_head.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    try:
+        fast_paths.contiguous_head_input(model)
+        fast_paths.contiguous_head_input(model)  # once is enough: no second copy
+        with torch.inference_mode():
+            model(input_ids=torch.tensor([[5, 6, 7, 8]]), logits_to_keep=1)
+    finally:
+        handle.remove()
+    (given,) = seen
+    # Strides a matmul folds into one matrix product: each is the product of the sizes after it.
+    assert list(given.stride()) == [given.shape[1] * given.shape[2], given.shape[2], 1]
 
 
 # -- the real default model ------------------------------------------------------------------------
