@@ -52,7 +52,7 @@ class _Delta:
 
     start: int
     end: int
-    down: torch.Tensor  # [ranks, in], float32
+    down: torch.Tensor  # A^T: [in, ranks], float32
     up: torch.Tensor  # [ranks, out], float32
 
 
@@ -281,7 +281,7 @@ def _block_diagonal(
             up[row : row + rank, column : column + width] = pair[1]
             row += rank
         column += width
-    return down, up
+    return down.t().contiguous(), up
 
 
 def _norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -298,5 +298,6 @@ def _project(weight: Packed, x: torch.Tensor, deltas: list[_Delta] | None) -> to
     out = weight.mm(x)
     for delta in deltas or ():
         rows = x[delta.start : delta.end].float()
-        out[delta.start : delta.end] += (rows @ delta.down.t() @ delta.up).to(out.dtype)
+        # In place, rounded once to the output's format (five operations: each costs here).
+        out[delta.start : delta.end].add_(torch.mm(torch.mm(rows, delta.down), delta.up))
     return out
