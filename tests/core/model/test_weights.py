@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from core.model import decode, weights
-from core.model.chat import SamplingParams
 from core.model.decode import BASE, Row
 from core.model.llama_step import LlamaStep
 from core.model.loading import load_chat_model
@@ -231,10 +230,4 @@ def test_the_default_model_decodes_int4_with_the_reference_tokens(
     assert (info.int4, info.int8, info.full) == (120, 1, 0)
     agreed = agreement(chat, run_id, chat.decoding)
     print(f"token agreement with the bfloat16 reference: {agreed:.3f}")
-    assert agreed >= 0.95
-    answer = chat.stream_chat(
-        [{"role": "user", "content": "What is the capital of France?"}],
-        SamplingParams(temperature=0.0, max_new_tokens=16),
-        settings.system_prompt,
-    ).read()
-    assert "Paris" in answer.text
+    assert agreed >= 0.95  # (the real-model tests' questions go through this path too)
