@@ -22,6 +22,7 @@ from typing import Literal
 from core.errors import DocumentError, is_disk_full
 from core.knowledge.reading import display_name, extract, file_type_of
 from core.knowledge.store import DocumentRecord, KnowledgeBase
+from core.memory import release_freed_memory
 from core.processes import process_alive, this_process
 from core.settings import Settings, check_writable
 from core.wording import plural
@@ -234,6 +235,7 @@ def ingest(
             yield from _add_one(kb, prepared, done, 1 / total)
     finally:  # stopped early (cancelled): files not yet being read are never read
         reader.shutdown(wait=True, cancel_futures=True)
+        release_freed_memory()  # the pages, passages and vectors of a large upload
     yield IngestEvent("", "progress", "Done", 1.0)
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from core.errors import BusyError
+from core.memory import release_freed_memory
 from core.model import compute
 from core.model.decode import BASE, Batch, PrefixCache, Row, stopping
 from core.model.weights import DecodeWeights
@@ -141,6 +142,7 @@ class Engine:
                     compute.submit(self._loop)
         finally:
             batch.pause()
+            release_freed_memory()  # the prompts' activations and caches of this burst
 
     def _stop(self, batch: Batch) -> None:
         """The process is shutting down: every row ends now."""

@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 import torch
 
+from core.memory import release_freed_memory
+
 WeightsSetting = Literal["auto", "int8", "full"]
 GROUP = 32  # weights per int4 group: GGUF's Q4_1 block
 # Rows above which the bfloat16 weights are faster than the packed ones (measured here: for 16
@@ -132,9 +134,12 @@ def prepare(model: Any, setting: WeightsSetting) -> DecodeWeights:
 
     step = LlamaStep.build(model, setting)
     if step is not None:
-        return DecodeWeights(step=step, info=PackInfo.of(step.kinds))
-    layers = pack_layers(model, setting)
-    return DecodeWeights(layers=layers, info=PackInfo.of([p.kind for p in layers.values()]))
+        prepared = DecodeWeights(step=step, info=PackInfo.of(step.kinds))
+    else:
+        layers = pack_layers(model, setting)
+        prepared = DecodeWeights(layers=layers, info=PackInfo.of([p.kind for p in layers.values()]))
+    release_freed_memory()  # the float32 copies made on the way
+    return prepared
 
 
 def pack_layers(model: Any, setting: WeightsSetting) -> dict[str, PackedLinear]:
@@ -162,9 +167,34 @@ def _is_decoder_weight(model: Any, name: str) -> bool:
     return ".layers." in f".{name}" or (head is not None and model.get_submodule(name) is head)
 
 
+# Rows packed at a time: the float32 copies made on the way stay small (the output head of the
+# default model is 49,152 rows; packing it whole took 440 MB of memory for a moment).
+ROWS_AT_ONCE = 4096
+
+
 def _as_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The int4 packing of `weight` when it loses nothing: every group of 32 is min + k * step
     for k in 0..15 (within bfloat16's rounding); else None."""
+    codes, steps, lows = [], [], []
+    for part in weight.split(ROWS_AT_ONCE):
+        found = _four_bit_levels(part)
+        if found is None:
+            return None
+        codes.append(found[0])
+        steps.append(found[1])
+        lows.append(found[2])
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(torch.cat(codes), 1)
+    step, low = torch.cat(steps), torch.cat(lows)
+    # The kernel computes (code - 8) * scale + zero: zero = min + 8 * scale.
+    zeros = low + 8 * step
+    scales_and_zeros = torch.cat([step, zeros], dim=-1).transpose(0, 1).contiguous()
+    return packed, scales_and_zeros.to(torch.bfloat16)
+
+
+def _four_bit_levels(
+    weight: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(codes [rows, in] int32, step and min [rows, groups, 1]) of rows that are 4-bit, or None."""
     out_features, in_features = weight.shape
     groups = weight.float().reshape(out_features, in_features // GROUP, GROUP)
     low, high = groups.amin(dim=-1, keepdim=True), groups.amax(dim=-1, keepdim=True)
@@ -179,17 +209,15 @@ def _as_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     tolerance = (low.abs() + high.abs() + groups.abs()) * 2**-8 + 1e-12
     if bool((error > tolerance).any()):
         return None
-    codes = levels.to(torch.int32).reshape(out_features, in_features)
-    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
-    # The kernel computes (code - 8) * scale + zero: zero = min + 8 * scale.
-    zeros = low + 8 * step
-    scales_and_zeros = torch.cat([step, zeros], dim=-1).transpose(0, 1).contiguous()
-    return packed, scales_and_zeros.to(torch.bfloat16)
+    return levels.to(torch.int32).reshape(out_features, in_features), step, low
 
 
 def _as_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 with one scale per output row."""
-    rows = weight.float()
-    scales = rows.abs().amax(dim=1).clamp(min=1e-8) / 127
-    codes = (rows / scales[:, None]).round().clamp_(-127, 127).to(torch.int8)
-    return codes.contiguous(), scales.to(torch.bfloat16)
+    codes, scales = [], []
+    for part in weight.split(ROWS_AT_ONCE):
+        rows = part.float()
+        scale = rows.abs().amax(dim=1).clamp(min=1e-8) / 127
+        codes.append((rows / scale[:, None]).round().clamp_(-127, 127).to(torch.int8))
+        scales.append(scale)
+    return torch.cat(codes).contiguous(), torch.cat(scales).to(torch.bfloat16)

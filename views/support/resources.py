@@ -17,6 +17,7 @@ import streamlit as st
 from core.errors import StudioError
 from core.knowledge import adding, repair
 from core.knowledge.store import KnowledgeStore
+from core.memory import release_freed_memory
 from core.model import loading, remote
 from core.model.chat import ChatModel
 from core.model.local import HFChatModel
@@ -141,6 +142,7 @@ def settled(resource: Any) -> Any:
     the GIL held. The cost: a model dropped later frees only what reference counting frees."""
     gc.collect()
     gc.freeze()
+    release_freed_memory()  # what loading it needed for a moment goes back to the system
     return resource
 
 
