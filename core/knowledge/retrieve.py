@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.knowledge.store import KnowledgeBase
+from core.memory import release_freed_memory
 
 RRF_K = 60  # the constant from the RRF paper; it damps the weight of the very first ranks
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -109,6 +110,7 @@ def keyword_index(kb: KnowledgeBase) -> KeywordIndex:
         _bm25_cache[key] = index
         while len(_bm25_cache) > _KEPT_INDEXES:
             del _bm25_cache[next(iter(_bm25_cache))]  # the oldest one built
+    release_freed_memory()  # the passages' tokens, read once to build it
     return index
 
 
