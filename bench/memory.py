@@ -107,20 +107,6 @@ def memory_mb() -> dict[str, int]:
     return {"peak_mb": found["VmHWM"], "final_mb": found["VmRSS"]}
 
 
-def make_adapter(model_path: str, folder: Path) -> None:
-    """A LoRA adapter of the studio's default shape, with non-zero random weights."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
-    for name, parameter in peft_model.named_parameters():
-        if "lora_B" in name:
-            parameter.data.normal_(0, 0.02)
-    peft_model.save_pretrained(folder, safe_serialization=True)
-
-
 def ours(texts: list[str], adapter: Path, scratch: Path, tokens: int) -> dict[str, object]:
     from core.answering import conversations
     from core.answering import round as question_round
@@ -232,7 +218,12 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as folder:
         scratch = Path(folder)
-        make_adapter(model_path, scratch / "adapter")
+        # bench/arena.py's adapter: the studio's default shape, random non-zero weights.
+        from transformers import AutoModelForCausalLM
+
+        from bench.arena import make_adapter
+
+        make_adapter(AutoModelForCausalLM.from_pretrained(model_path), scratch / "adapter")
         for role in ("ours", "plain"):
             side = scratch / role
             side.mkdir()

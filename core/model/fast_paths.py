@@ -113,7 +113,7 @@ def fast_lora(
     by side; call the base model then. Yields False (and changes nothing) when PEFT's path must
     be used instead."""
     used = sorted({name for name in adapters if name != BASE})
-    layers = _lora_layers(peft_model, used) if used and peft_model is not None else []
+    layers = lora_layers(peft_model, used) if used and peft_model is not None else []
     if layers is None:
         yield False
         return
@@ -195,7 +195,7 @@ def _adder(updates: list[tuple[int, int, _SharedProduct, slice, torch.Tensor]]) 
     return hook
 
 
-def _lora_layers(peft_model: Any, used: Sequence[str]) -> list[tuple[str, Any]] | None:
+def lora_layers(peft_model: Any, used: Sequence[str]) -> list[tuple[str, Any]] | None:
     """PEFT's LoRA layers of the used adapters with their paths, or None when one is not a plain
     linear LoRA."""
     from peft.tuners.lora import Linear, LoraLayer

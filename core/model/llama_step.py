@@ -25,7 +25,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from core.model.fast_paths import BASE, low_rank
+from core.model import fast_paths
+from core.model.fast_paths import BASE
 from core.model.weights import Packed, pack_weight
 
 # The projections that read one input, computed as one product each.
@@ -106,19 +107,17 @@ class LlamaStep:
         """Per layer and fused projection, the LoRA updates of the rows' adapters (rows of one
         adapter lie side by side). Raises LookupError where an adapter is not a plain linear
         LoRA on these projections: transformers' forward with PEFT must serve it."""
-        from peft.tuners.lora import Linear, LoraLayer
+        from peft.tuners.lora import LoraLayer
 
         used = sorted({name for name in adapters if name != BASE})
         plan: list[dict[str, list[_Delta]]] = [{} for _ in self.layers]
         if not used:
             return plan
-        if peft_model is None:
-            raise LookupError("no adapters are loaded")
+        # The same test as the hooks' path (core.model.fast_paths), and on these projections only.
+        adapted = fast_paths.lora_layers(peft_model, used) if peft_model is not None else None
         known = {f"{i}.{part}" for i in range(len(self.layers)) for part in _PARTS}
-        for path, module in peft_model.named_modules():
-            adapted = isinstance(module, LoraLayer) and any(n in module.lora_A for n in used)
-            if adapted and _layer_key(path) not in known:
-                raise LookupError(path)  # an adapter on a module this step does not run
+        if adapted is None or any(_layer_key(path) not in known for path, _ in adapted):
+            raise LookupError("an adapter this step cannot apply")
         for name in used:
             start, end = adapters.index(name), len(adapters) - adapters[::-1].index(name)
             for index, layer in enumerate(self.model.model.layers):
@@ -128,26 +127,18 @@ class LlamaStep:
                     (GATE_UP, layer.mlp),
                     (DOWN, layer.mlp),
                 ):
-                    downs: list[tuple[torch.Tensor, torch.Tensor] | None] = []
-                    ups: list[int] = []
-                    for part in group:
-                        module = getattr(parent, part)
-                        if not isinstance(module, LoraLayer) or name not in module.lora_A:
-                            ups.append(module.out_features)
-                            downs.append(None)
-                            continue
-                        if not isinstance(module, Linear) or name in module.lora_variant:
-                            raise LookupError(part)
-                        if getattr(module, "fan_in_fan_out", False) or module.merged:
-                            raise LookupError(part)
-                        down, up = low_rank(module, name)
-                        downs.append((down, up))
-                        ups.append(up.shape[1])
-                    if all(d is None for d in downs):
-                        continue
-                    plan[index].setdefault(group[0], []).append(
-                        _Delta(start, end, *_block_diagonal(downs, ups))
-                    )
+                    modules = [getattr(parent, part) for part in group]
+                    pairs = [
+                        fast_paths.low_rank(m, name)
+                        if isinstance(m, LoraLayer) and name in m.lora_A
+                        else None
+                        for m in modules
+                    ]
+                    if any(pair is not None for pair in pairs):
+                        widths = [m.out_features for m in modules]
+                        plan[index].setdefault(group[0], []).append(
+                            _Delta(start, end, *_block_diagonal(pairs, widths))
+                        )
         return plan
 
     # -- the step -------------------------------------------------------------------------------

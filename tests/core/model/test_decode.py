@@ -47,7 +47,7 @@ def test_four_answers_in_one_batch_match_each_answer_alone(tuned) -> None:
 def test_the_fast_adapter_path_matches_peft_mixed_batches(tuned, monkeypatch) -> None:
     chat, run_id, _ = tuned
     fast = [s.read().text for s in chat.stream_many(four_ways(run_id), GREEDY)]
-    monkeypatch.setattr(fast_paths, "_lora_layers", lambda peft_model, used: None)  # PEFT's path
+    monkeypatch.setattr(fast_paths, "lora_layers", lambda peft_model, used: None)  # PEFT's path
     peft = [s.read().text for s in chat.stream_many(four_ways(run_id), GREEDY)]
     assert fast == peft
 
