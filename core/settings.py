@@ -82,6 +82,14 @@ class Settings(BaseSettings):
     max_new_tokens: int = Field(
         256, ge=1, le=4096, description="The longest answer, in tokens (about 3/4 of a word each)."
     )
+    repetition_penalty: float | None = Field(
+        None,
+        ge=1.0,
+        le=2.0,
+        description="How strongly the model avoids words it has already used (in the question "
+        "or its answer). Empty: the model's own setting; 1 turns it off. Whatever it is, an "
+        "answer that starts repeating itself is stopped.",
+    )
     context_window: int | None = Field(
         None,
         ge=64,

@@ -6,6 +6,7 @@ from typing import Any
 import streamlit as st
 
 from core.errors import StudioError
+from core.model import loops
 from core.model.chat import ChatModel, Message
 from views.support import resources, state, widgets
 from views.support.widgets import markdown_escape
@@ -39,9 +40,14 @@ def answer(model: ChatModel, history: list[dict[str, Any]], question: str) -> No
             # Reading a long conversation can take a while before the first word: say so.
             with st.spinner("Reading the conversation…", show_time=True):
                 first = next(pieces, "")
-            st.write_stream(widgets.answer_pieces(itertools.chain([first], pieces)))
+            written = st.empty()
+            with written:
+                st.write_stream(widgets.answer_pieces(itertools.chain([first], pieces)))
             answer = stream.answer
             assert answer is not None
+            if answer.looped:  # cut back to its first time round, and said so
+                written.markdown(widgets.answer_markdown(answer.text))
+                st.warning(loops.NOTICE, icon=":material/repeat:")
             st.caption(answer.timings.summary())
             history.append(
                 {

@@ -17,7 +17,16 @@ from core.training.config import (
     prepare_examples,
     with_system_prompt,
 )
-from core.training.datasets import SHAPES, Dataset, parse_dataset, render, summarise
+from core.training.datasets import (
+    SHAPES,
+    Dataset,
+    fill_placeholders,
+    parse_dataset,
+    placeholders,
+    render,
+    summarise,
+)
+from core.wording import plural
 from views.panels import finetune_adapters, finetune_run, finetune_settings
 from views.support import resources
 from views.support.widgets import markdown_escape
@@ -115,6 +124,43 @@ def read_dataset() -> tuple[Dataset, str] | None:
     return dataset, digest
 
 
+def fill_in(dataset: Dataset, digest: str) -> tuple[Dataset, str]:
+    """Placeholders such as `{{name}}` (published persona sets leave them to fill): the page asks
+    for their values, and the examples it trains on have them filled in."""
+    found = placeholders(dataset)
+    if not found:
+        return dataset, digest
+    listed = ", ".join(
+        f"`{{{{{name}}}}}` (in {plural(count, 'example')})" for name, count in found.items()
+    )
+    values = {}
+    with st.container(border=True):
+        st.markdown(f"**Fill in the placeholders.** The examples contain {listed}.")
+        columns = st.columns(min(len(found), 3))
+        for number, name in enumerate(found):
+            values[name] = columns[number % len(columns)].text_input(
+                markdown_escape(name),
+                key=f"ft_fill_{digest[:16]}_{name}",
+                placeholder=f"what {{{{{name}}}}} stands for",
+                help="Written into every example in place of the placeholder.",
+            )
+        missing = [name for name, value in values.items() if not value.strip()]
+        if missing:
+            st.warning(
+                "Fill in "
+                + ", ".join(f"`{{{{{name}}}}}`" for name in missing)
+                + " first: trained as they are, the model learns to say the placeholders "
+                "themselves (or worse, garbles them).",
+                icon=":material/edit_note:",
+            )
+        else:
+            st.success(
+                "Filled in: the preview and training use your values.", icon=":material/check:"
+            )
+    filled = fill_placeholders(dataset, values)
+    return filled, filled.content_hash
+
+
 def show_dataset(
     settings: Settings, dataset: Dataset, digest: str, config: TrainConfig
 ) -> list[Example]:
@@ -197,7 +243,7 @@ def new_run(settings: Settings) -> None:
     found = read_dataset()
     if found is None:
         return
-    dataset, digest = found
+    dataset, digest = fill_in(*found)
     config = config_from_state()
     examples = show_dataset(settings, dataset, digest, config)
     blocked = finetune_settings.how_thoroughly(settings, examples, config)

@@ -50,6 +50,25 @@ def suggest(old: str) -> str:
     return f"{old[: last.start()]}{int(last.group()) + 1}{old[last.end() :]}"
 
 
+def candidates(report: Report) -> list[int]:
+    """The questions the check can show something with, best first: RAG answered them right and
+    a retrieved passage states the answer word for word (the fact to change). Those the tuned
+    model also answered right come first: after the change, one follows and the other cannot.
+    Empty when none qualifies."""
+    qualified = []
+    for index, result in enumerate(report.results[: report.done]):
+        old = _old_answer(result.reference, result.accepted)
+        stated = any(contains(str(p.get("text", "")), [old]) for p in result.passages)
+        if old and stated and result.correct("rag"):
+            qualified.append(index)
+    return sorted(qualified, key=lambda i: not report.results[i].correct("tuned"))
+
+
+def _old_answer(reference: str, accepted: list[str]) -> str:
+    """The fact the check changes: the reference answer, else the first accepted one."""
+    return next((a for a in [reference, *accepted] if a.strip()), "")
+
+
 def _scratch_root(settings: Settings) -> Path:
     return runner.reports_dir(settings) / "scratch"
 
@@ -125,7 +144,7 @@ def check(
         raise InvalidInputError("Choose one of the evaluated questions.")
     asked = report.results[index]
     new_answer = " ".join(new_answer.split())
-    old = next((a for a in [asked.reference, *asked.accepted] if a.strip()), "")
+    old = _old_answer(asked.reference, asked.accepted)
     if not new_answer:
         raise InvalidInputError("Type the new answer that the edited document should give.")
     if contains(new_answer, [old]) or contains(old, [new_answer]):

@@ -13,6 +13,7 @@ from queue import Queue
 from typing import Protocol
 
 from core.errors import InvalidInputError, ModelNotAvailableError
+from core.model import loops
 from core.settings import Settings
 
 Message = dict[str, str]  # {"role": "user" | "assistant" | "system", "content": "..."}
@@ -38,10 +39,18 @@ class SamplingParams:
     max_new_tokens: int = field(
         default=256, metadata={"help": Settings.model_fields["max_new_tokens"].description}
     )
+    repetition_penalty: float | None = field(  # None: the model's generation_config decides
+        default=None, metadata={"help": Settings.model_fields["repetition_penalty"].description}
+    )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SamplingParams:
-        return cls(settings.temperature, settings.top_p, settings.max_new_tokens)
+        return cls(
+            settings.temperature,
+            settings.top_p,
+            settings.max_new_tokens,
+            settings.repetition_penalty,
+        )
 
 
 @dataclass(frozen=True)
@@ -83,14 +92,17 @@ class Answer:
     text: str
     timings: Timings
     notices: tuple[str, ...] = ()
+    looped: bool = False  # stopped because it began repeating itself (core.model.loops)
 
 
 class ChatStream:
     """An answer arriving as text pieces. Iterate it; `answer` is complete once it is exhausted.
 
     `notices` (for example that a long message was cut) are known before the first piece.
-    Closing the stream early stops the generation behind it. With a `source` (the streamer the
-    model writes into), token counts and times come from the generating side's own clock.
+    Closing the stream early stops the generation behind it, and so does an answer that begins
+    repeating itself (core.model.loops): whatever the engine, it ends there, cut back to its first
+    time round, and says so in its notices. With a `source` (the streamer the model writes into),
+    token counts and times come from the generating side's own clock.
     """
 
     def __init__(
@@ -113,6 +125,8 @@ class ChatStream:
         self._texts: list[str] = []
         self._done = False
         self._seen = 0
+        self._tail = ""  # the end of the answer so far, for the loop check
+        self.looped = False
         self.prompt_tokens = prompt_tokens
         self.prompt = prompt  # what the model read, chat template included
         self.notices = tuple(notices)
@@ -130,6 +144,10 @@ class ChatStream:
                 self._seen += 1
                 self._texts.append(piece)
                 yield piece
+                self._tail = (self._tail + piece)[-loops.TAIL :]
+                if loops.repeated_tail(self._tail) is not None:
+                    self.looped = True
+                    break
         finally:
             if not self._done:
                 self.close()
@@ -156,10 +174,15 @@ class ChatStream:
             first = self._source.first_token_at or first
             new_tokens = self._source.new_tokens
         first = first or end
+        text = "".join(self._texts).strip()
+        if self.looped:
+            text = loops.without_repeats(text)
+            self.notices = (*self.notices, loops.NOTICE)
         self.answer = Answer(
-            text="".join(self._texts).strip(),
+            text=text,
             timings=Timings(self.prompt_tokens, new_tokens, first - self._start, end - self._start),
             notices=self.notices,
+            looped=self.looped,
         )
 
     def read(self) -> Answer:

@@ -50,6 +50,9 @@ class Sampling:
     temperature: float = 0.0  # 0: always the most likely token
     top_p: float = 1.0
     seed: int | None = None
+    # transformers' rule: the scores of tokens already in the prompt or the answer are divided
+    # by it (multiplied when negative); 1: off
+    repetition_penalty: float = 1.0
 
 
 @dataclass(eq=False)
@@ -184,6 +187,7 @@ class Batch:
         self._cache: Any = None
         self._mask: torch.Tensor | None = None
         self._pickers: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}
+        self._seen: dict[int, torch.Tensor] = {}  # tokens seen by rows with a repetition penalty
         self._fast = ExitStack()
         self._fast_on: bool | None = None  # None: the fast path is not entered
         self._plan: Any = None  # the LoRA updates of the fused step, while it serves the rows
@@ -211,6 +215,10 @@ class Batch:
             except Exception as error:  # this row's problem; the batch goes on
                 row.end_with(error)
         joined = [row for row in rows if id(row) in caches and not row.done.is_set()]
+        for row in rows:
+            if row.done.is_set():  # ended with its first token, or could not be read
+                self._pickers.pop(id(row), None)
+                self._seen.pop(id(row), None)
         self._layout(joined, caches)
 
     def _prefill(self, row: Row) -> Any:
@@ -239,13 +247,21 @@ class Batch:
         if self._prefixes is not None:
             self._prefixes.store(row.adapter, row.ids, cache)
         self._pickers[id(row)] = _sampler(row.sampling, device)
-        self._take(row, int(self._pickers[id(row)](logits[:, -1])[0]))
+        if row.sampling.repetition_penalty != 1.0:
+            seen = torch.zeros(logits.shape[-1], dtype=torch.bool, device=device)
+            seen[torch.tensor(row.ids, device=device)] = True
+            self._seen[id(row)] = seen
+        first = self._penalised([row], logits[:, -1])
+        self._take(row, int(self._pickers[id(row)](first)[0]))
         return cache
 
     def _take(self, row: Row, token: int) -> None:
         row.emit(token)
         row.new_tokens += 1
         row.last_token = token
+        seen = self._seen.get(id(row))
+        if seen is not None:
+            seen[token] = True
         if token in self.eos_ids or row.new_tokens >= row.max_new_tokens:
             row.end()
 
@@ -262,6 +278,7 @@ class Batch:
         for gone in self.rows:
             if gone.done.is_set():
                 self._pickers.pop(id(gone), None)
+                self._seen.pop(id(gone), None)
         self.rows = rows
         if not rows:
             self._cache = self._mask = None
@@ -335,7 +352,20 @@ class Batch:
         for row, token in zip(self.rows, tokens, strict=True):
             self._take(row, token)
 
+    def _penalised(self, rows: Sequence[Row], logits: torch.Tensor) -> torch.Tensor:
+        """`logits` ([rows, vocabulary]) with each row's repetition penalty applied."""
+        if all(id(row) not in self._seen for row in rows):
+            return logits
+        logits = logits.float()
+        for slot, row in enumerate(rows):
+            seen, penalty = self._seen.get(id(row)), row.sampling.repetition_penalty
+            if seen is not None:
+                scores = logits[slot, seen]
+                logits[slot, seen] = torch.where(scores > 0, scores / penalty, scores * penalty)
+        return logits
+
     def _pick(self, logits: torch.Tensor) -> list[int]:
+        logits = self._penalised(self.rows, logits)
         if all(row.sampling.temperature <= 0 for row in self.rows):
             return logits.argmax(dim=-1).tolist()
         return [
@@ -372,6 +402,7 @@ class Batch:
             row.end_with(error)
         self.rows, self._cache, self._mask = [], None, None
         self._pickers.clear()
+        self._seen.clear()
 
 
 def decode(

@@ -124,6 +124,13 @@ class HFChatModel(OneOfMany):
                 decode.forget_low_rank(self._peft, oldest)
 
     # -- generation -----------------------------------------------------------------------------
+    def repetition_penalty(self, params: SamplingParams) -> float:
+        """The user's repetition penalty, else the one of the model's generation_config."""
+        if params.repetition_penalty is not None:
+            return params.repetition_penalty
+        own = getattr(self.loaded.model.generation_config, "repetition_penalty", None)
+        return float(own) if own else 1.0
+
     def stream_many(
         self,
         requests: Sequence[ChatRequest],
@@ -140,7 +147,12 @@ class HFChatModel(OneOfMany):
             self.build_prompt(r.messages, r.system_prompt, params.max_new_tokens) for r in requests
         ]
         refuse_unloaded(requests, self._adapters)
-        sampling = decode.Sampling(temperature=params.temperature, top_p=params.top_p, seed=seed)
+        sampling = decode.Sampling(
+            temperature=params.temperature,
+            top_p=params.top_p,
+            seed=seed,
+            repetition_penalty=self.repetition_penalty(params),
+        )
         streams, rows = [], []
         for (ids, notices, max_new), request in zip(prompts, requests, strict=True):
             streamer = _CountingStreamer(self.tokenizer)

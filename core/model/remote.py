@@ -250,6 +250,13 @@ class _RemoteAnswer:
             temperature=self._params.temperature,
             top_p=self._params.top_p,
             seed=self._seed,
+            # Unless the user chose one, the server applies the model's own generation_config
+            # (vLLM does); `repetition_penalty` is vLLM's extension of the OpenAI API.
+            extra_body=(
+                {"repetition_penalty": self._params.repetition_penalty}
+                if self._params.repetition_penalty is not None
+                else None
+            ),
         )
 
     def _run(self) -> None:

@@ -14,7 +14,8 @@ import csv
 import hashlib
 import io
 import json
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from core.errors import InvalidInputError
@@ -264,6 +265,43 @@ def parse_dataset(name: str, data: bytes, max_problems: int = 200) -> Dataset:
         dataset.examples.append(messages)
         dataset.lines.append(number)
     return dataset
+
+
+# `{{name}}`, `{{ model_author }}`: slots that published datasets leave for the user to fill
+PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_ .-]{0,40}?)\s*\}\}")
+
+
+def placeholders(dataset: Dataset) -> dict[str, int]:
+    """The placeholders in the examples, each with the number of examples that hold it, most
+    frequent first."""
+    found: dict[str, int] = {}
+    for messages in dataset.examples:
+        names = {
+            m.group(1) for message in messages for m in PLACEHOLDER.finditer(message["content"])
+        }
+        for name in names:
+            found[name] = found.get(name, 0) + 1
+    return dict(sorted(found.items(), key=lambda item: -item[1]))
+
+
+def fill_placeholders(dataset: Dataset, values: dict[str, str]) -> Dataset:
+    """The dataset with each placeholder that has a value replaced by it (others stay as they
+    are); its hash covers the values, so that a run records what it learned from."""
+    chosen = {name: " ".join(value.split()) for name, value in values.items() if value.strip()}
+    if not chosen:
+        return dataset
+
+    def fill(text: str) -> str:
+        return PLACEHOLDER.sub(lambda m: chosen.get(m.group(1), m.group(0)), text)
+
+    filled = hashlib.sha256(
+        (dataset.content_hash + json.dumps(chosen, sort_keys=True)).encode()
+    ).hexdigest()
+    return replace(
+        dataset,
+        examples=[[{**m, "content": fill(m["content"])} for m in ex] for ex in dataset.examples],
+        content_hash=filled,
+    )
 
 
 def render(messages: list[Message], tokenizer: Any) -> str:

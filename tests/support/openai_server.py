@@ -28,6 +28,7 @@ class Behaviour:
     garbage: bool = False  # an HTML page instead of JSON
     stop_after: int | None = None  # drop the connection after this many chunks
     words: int = 6
+    chunk_text: str | None = None  # what every chunk says instead (a looping answer)
     pace_s: float = 0.0  # between two chunks
     adapters: dict[str, str] = field(default_factory=dict)  # name -> path
     received: list[dict[str, Any]] = field(default_factory=list)
@@ -122,7 +123,7 @@ class _Handler(BaseHTTPRequestHandler):
                     self.wfile.flush()
                     self.connection.shutdown(2)  # the server went away mid-answer
                     return
-                text = f"{body['model']}:{len(body['prompt'])}:{n} "
+                text = b.chunk_text or f"{body['model']}:{len(body['prompt'])}:{n} "
                 finish = "length" if n == words - 1 else None
                 chunk = {
                     "id": "c",

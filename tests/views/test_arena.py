@@ -5,6 +5,7 @@ import pytest
 from core.answering import conversations
 from core.knowledge.ingest import ChunkSettings, UploadedFile, ingest
 from core.knowledge.store import KnowledgeStore
+from core.model import loops
 from core.settings import load_settings
 from core.training import run_folder
 from tests.support.training import trained
@@ -155,3 +156,17 @@ def test_a_question_cut_to_fit_says_so_in_every_column(open_page, studio, fake_m
     assert texts(at.warning).count("Your message was too long") == 4
     saved = at.session_state["arena_conversation"].exchanges[0]
     assert all(answer.notices for answer in saved.answers.values())
+
+
+def test_a_column_that_loops_is_cut_and_marked_while_the_others_stand(
+    open_page, studio, fake_model
+):
+    fake_model.replies = [
+        lambda r: "Ahoy," + " die für die Bahn," * 40 if r.adapter else "I am a helpful assistant."
+    ]
+    at = ask(open_page(PAGE), "Who are you?")
+    assert texts(at.warning).count(loops.NOTICE) == 2  # the two tuned columns
+    saved = at.session_state["arena_conversation"].exchanges[0].answers
+    assert saved["tuned"].text == "Ahoy, die für die Bahn …"
+    assert saved["base"].text == "I am a helpful assistant."
+    assert saved["tuned"].notices == [loops.NOTICE] and not saved["base"].notices

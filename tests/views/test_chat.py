@@ -1,3 +1,4 @@
+from core.model import loops
 from tests.support.fakes import FakeChatModel
 from views.support import resources, widgets
 
@@ -54,6 +55,19 @@ def test_answer_settings_are_used(open_page, fake_model: FakeChatModel) -> None:
     send(at, "Hello")
     _, params, system = fake_model.calls[-1]
     assert (params.temperature, params.max_new_tokens, system) == (0.0, 64, "Talk like a pirate.")
+    assert params.repetition_penalty is None  # the model's own, until the user sets one
+    at.number_input(key="chat_repetition_penalty").set_value(1.2)
+    send(at, "Again")
+    assert fake_model.calls[-1][1].repetition_penalty == 1.2
+
+
+def test_an_answer_that_loops_is_cut_and_marked(open_page, fake_model: FakeChatModel) -> None:
+    fake_model.replies = ["I am Captain" + " die für die Bahn," * 40]
+    at = send(open_page("views/chat.py"), "Who are you?")
+    assert not at.exception
+    assert messages(at)[-1] == ("assistant", "I am Captain die für die Bahn, …")
+    assert any(loops.NOTICE in w.value for w in at.warning)
+    assert at.session_state["chat_messages"][-1]["notices"] == [loops.NOTICE]
 
 
 def test_new_chat_clears_the_conversation(open_page, fake_model: FakeChatModel) -> None:

@@ -190,3 +190,24 @@ def test_a_run_shows_progress_can_be_cancelled_and_resumed(open_page, studio, fa
     report = wait_until_done(at, settings)
     assert report.state == "completed" and report.done == 12
     assert "eval_resume" not in [b.key for b in at.button]
+
+
+def test_the_freshness_check_offers_questions_rag_got_right_or_says_none_qualifies(
+    open_page, studio, fake_model
+):
+    settings = studio
+    at = upload(open_page(PAGE), "questions.jsonl", jsonl(QUESTIONS))
+    at.button(key="eval_run").click().run()
+    report = wait_until_done(at, settings)
+    offered = at.selectbox(key=f"eval_fresh_q_{report.id}")
+    assert offered.options == [
+        "1. What is the refund period?",
+        "2. What is the release code?",
+    ]  # Paris: RAG was right, but no passage states it
+    fake_model.replies = [lambda request: "I am not sure."]  # RAG now gets nothing right
+    at.button(key="eval_new").click().run()
+    at = upload(at, "questions.jsonl", jsonl(QUESTIONS))
+    at.button(key="eval_run").click().run()
+    wait_until_done(at, settings)
+    assert "No question qualifies yet" in texts(at.info)
+    assert "eval_fresh_run" not in [b.key for b in at.button]

@@ -1,5 +1,6 @@
 """The Fine-tune page through app.py, with the tiny model."""
 
+import json
 import os
 import signal
 
@@ -133,3 +134,22 @@ def test_a_running_job_is_found_again_and_can_be_cancelled(page) -> None:
     page.run()
     assert "Cancelled" in texts(page.info)
     assert not page.button(key="ft_start").disabled
+
+
+def test_placeholders_are_offered_to_fill_before_training(page) -> None:
+    rows = "\n".join(
+        json.dumps({"instruction": f"Question {n}: who are you?", "output": "I am {{name}}."})
+        for n in range(40)
+    )
+    upload(page, "identity.jsonl", rows.encode())
+    assert "`{{name}}` (in 40 examples)" in texts(page.markdown)
+    assert "Fill in `{{name}}` first" in texts(page.warning)
+    [box] = [t for t in page.text_input if t.key.startswith("ft_fill_")]
+    box.set_value("Nova").run()
+    assert not page.exception
+    assert "Fill in `{{name}}` first" not in texts(page.warning)
+    assert "I am Nova." in page.code[0].value and "{{name}}" not in page.code[0].value
+    page.button(key="ft_start").click().run()
+    run_dir = jobs.all_runs(load_settings())[0].folder
+    trained_on = run_folder.read_dataset(run_dir)
+    assert all(example[-1]["content"] == "I am Nova." for example in trained_on)

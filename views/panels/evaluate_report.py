@@ -102,17 +102,26 @@ def show_freshness(ctx: Studio, shown: Report) -> None:
             f"The knowledge base '{markdown_escape(shown.knowledge_base)}' no longer exists."
         )
         return
-    right_with_rag = [
-        i for i, r in enumerate(shown.results) if r.correct("rag") or r.correct("hybrid")
-    ]
-    choices = right_with_rag or list(range(shown.done))
+    choices = freshness.candidates(shown)
+    if not choices:
+        st.info(
+            "No question qualifies yet: the check needs one that RAG answered right, with the "
+            "answer written in a retrieved passage, so that changing that passage shows "
+            "something. Add the documents that answer your questions, or questions that your "
+            "documents answer, and evaluate again.",
+            icon=":material/info:",
+        )
+        show_freshness_result(shown)
+        return
     left, middle, right = st.columns([4, 2, 1.4], vertical_alignment="bottom")
     index = left.selectbox(
         "Question",
         choices,
         format_func=lambda i: f"{i + 1}. {shown.results[i].question}",
         key=f"eval_fresh_q_{shown.id}",
-        help="Questions RAG answered right come first: they show the change best.",
+        help="Only questions that RAG answered right from a passage that states the answer: "
+        "changing that passage shows whether each mode follows. Those the fine-tuned model "
+        "also got right come first.",
     )
     if index is None:
         return

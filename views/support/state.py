@@ -20,7 +20,13 @@ def init_state(settings: Settings) -> None:
         **{
             f"{page}_{name}": getattr(settings, name)
             for page in ("chat", "arena")
-            for name in ("system_prompt", "temperature", "top_p", "max_new_tokens")
+            for name in (
+                "system_prompt",
+                "temperature",
+                "top_p",
+                "max_new_tokens",
+                "repetition_penalty",
+            )
         },
         "arena_conversation": None,  # core.answering.conversations.Conversation
         "arena_modes": list(MODES),
@@ -63,4 +69,5 @@ def sampling_params(page: str = "chat") -> SamplingParams:
         temperature=float(st.session_state[f"{page}_temperature"]),
         top_p=float(st.session_state[f"{page}_top_p"]),
         max_new_tokens=int(st.session_state[f"{page}_max_new_tokens"]),
+        repetition_penalty=st.session_state[f"{page}_repetition_penalty"],
     )

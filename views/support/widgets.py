@@ -12,6 +12,7 @@ from typing import Any
 import streamlit as st
 
 from core.errors import StudioError
+from core.model import loops
 from core.model.chat import ChatStream
 from core.settings import Settings
 
@@ -71,7 +72,7 @@ def answer_settings(page: str) -> None:
             help=help_for("system_prompt"),
             height=80,
         )
-        left, middle, right = st.columns(3)
+        left, middle, right, last = st.columns(4)
         left.slider(
             "Temperature",
             0.0,
@@ -88,6 +89,15 @@ def answer_settings(page: str) -> None:
             step=16,
             key=f"{page}_max_new_tokens",
             help=help_for("max_new_tokens"),
+        )
+        last.number_input(
+            "Repetition penalty",
+            min_value=1.0,
+            max_value=2.0,
+            step=0.05,
+            placeholder="the model's own",
+            key=f"{page}_repetition_penalty",
+            help=help_for("repetition_penalty"),
         )
 
 
@@ -111,6 +121,9 @@ def stream_side_by_side(slots: list[Any], streams: list[ChatStream]) -> list[str
                     piece = None
                 if piece is None:
                     live.discard(index)
+                    answer = streams[index].answer
+                    if answer is not None and answer.looped:  # cut back to its first time round
+                        texts[index] = answer.text
                 else:
                     texts[index] += piece
                 moved = True
@@ -120,7 +133,13 @@ def stream_side_by_side(slots: list[Any], streams: list[ChatStream]) -> list[str
                 shown[index] = size
                 cursor = " ▌" if index in live else ""
                 text = answer_markdown(texts[index])
-                slot.markdown(text + cursor if text else cursor or " ")
+                answer = streams[index].answer
+                if index not in live and answer is not None and answer.looped:
+                    with slot.container():
+                        st.markdown(text)
+                        st.warning(loops.NOTICE, icon=":material/repeat:")
+                else:
+                    slot.markdown(text + cursor if text else cursor or " ")
         if not moved:
             time.sleep(0.05)
     return errors

@@ -54,3 +54,16 @@ def test_freshness_needs_the_old_answer_in_the_documents(settings, kb) -> None:
         freshness.check(settings, FakeChatModel([oracle]), kb, shown, 0, "Tom Berg")
     with pytest.raises(InvalidInputError, match="Type the new answer"):
         freshness.check(settings, FakeChatModel([oracle]), kb, shown, 0, "  ")
+
+
+def test_the_check_offers_only_questions_rag_answered_right_from_a_passage(settings, kb) -> None:
+    shown = new(settings, kb)
+    runner.run(settings, FakeChatModel([oracle]), shown, kb)
+    # The oracle's RAG reads the code (right), misses the refund period (wrong, though it was
+    # retrieved), Paris and the harbour master are in no passage.
+    assert [shown.results[i].question for i in freshness.candidates(shown)] == [
+        "What is the release code?"
+    ]
+    none_right = new(settings, kb, items=ITEMS[1:])
+    runner.run(settings, FakeChatModel([oracle]), none_right, kb)
+    assert freshness.candidates(none_right) == []

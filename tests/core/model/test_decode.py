@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from core.model import fast_paths
+from core.model import decode, fast_paths
 from core.model.chat import ChatRequest, SamplingParams
 from core.training import jobs
 from core.training.config import TrainConfig
@@ -118,3 +118,40 @@ def test_answers_arrive_while_a_training_run_is_in_progress(tuned) -> None:
     finally:
         jobs.cancel(settings, run.run_id)
         wait_for(run.folder, finished, timeout=60)
+
+
+def test_a_repetition_penalty_follows_transformers_rule(tiny_model_dir) -> None:
+    """Greedy answers with a penalty are token for token those of transformers' `generate`
+    with the same penalty (prompt tokens count as seen), and differ from answers without."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    prompt = [1, 17, 42, 42, 99, 7, 256, 42]
+
+    def ours(*penalties: float) -> list[list[int]]:
+        answers: list[list[int]] = [[] for _ in penalties]
+        rows = [
+            decode.Row(
+                ids=prompt,
+                max_new_tokens=24,
+                emit=tokens.append,
+                sampling=decode.Sampling(repetition_penalty=penalty),
+            )
+            for tokens, penalty in zip(answers, penalties, strict=True)
+        ]
+        decode.decode(model, rows, eos_ids=set())
+        return answers
+
+    with torch.inference_mode():
+        reference = model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=24,
+            min_new_tokens=24,
+            do_sample=False,
+            repetition_penalty=1.5,
+        )[0, len(prompt) :].tolist()
+    [alone], [without] = ours(1.5), ours(1.0)
+    assert alone == reference
+    assert without != reference
+    assert ours(1.0, 1.5) == [without, reference]  # each row of a batch its own penalty

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from core.errors import GenerationError, InvalidInputError
-from core.model import decode, loading
+from core.model import decode, loading, loops
 from core.model.chat import ChatStream, SamplingParams, Timings, clean_messages
 from core.model.local import HFChatModel
 from core.settings import Settings
@@ -77,6 +77,37 @@ def test_sampling_settings_reach_the_decoder(chat: HFChatModel, monkeypatch) -> 
     [(sampling, length)] = seen
     assert (sampling.temperature, sampling.top_p, length) == (0.7, 0.8, 5)
     assert chat.tokenizer.eos_token_id in chat.engine.eos_ids
+
+
+def test_the_models_own_repetition_penalty_applies_unless_the_user_sets_one(
+    chat: HFChatModel, monkeypatch
+) -> None:
+    seen = []
+    real_submit = chat.engine.submit
+    monkeypatch.setattr(chat.engine, "submit", lambda rows: seen.extend(rows) or real_submit(rows))
+    config = chat.loaded.model.generation_config
+    monkeypatch.setattr(config, "repetition_penalty", 1.3)
+    chat.stream_chat(ask("hi"), GREEDY).read()
+    chat.stream_chat(ask("hi"), SamplingParams(0.0, 1.0, 12, repetition_penalty=1.0)).read()
+    monkeypatch.setattr(config, "repetition_penalty", None)
+    chat.stream_chat(ask("hi"), GREEDY).read()
+    assert [row.sampling.repetition_penalty for row in seen] == [1.3, 1.0, 1.0]
+
+
+def test_an_answer_that_loops_stops_the_row_and_is_marked(loaded, monkeypatch) -> None:
+    chat = HFChatModel(loaded)
+    calls = []
+
+    def loops_at_the_fourth_piece(text: str) -> tuple[int, int] | None:
+        calls.append(text)
+        return (1, 3) if len(calls) >= 4 else None
+
+    monkeypatch.setattr(loops, "repeated_tail", loops_at_the_fourth_piece)
+    answer = chat.stream_chat(ask("hi"), SamplingParams(0.0, 1.0, 200)).read()
+    assert answer.looped and answer.notices[-1] == loops.NOTICE
+    assert answer.timings.new_tokens < 20  # the row stopped at the next token or so
+    monkeypatch.undo()
+    assert chat.stream_chat(ask("hi"), GREEDY).read().timings.new_tokens == 12
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\n\t"])

@@ -3,6 +3,8 @@ name, and one plain sentence for each way the server can fail."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from langchain_core.embeddings import DeterministicFakeEmbedding
 from pydantic import SecretStr
@@ -11,7 +13,7 @@ from core.answering import round as question_round
 from core.answering.modes import MODES
 from core.errors import GenerationError, ModelNotAvailableError
 from core.knowledge.store import KnowledgeStore
-from core.model import loading
+from core.model import loading, loops
 from core.model.chat import SamplingParams
 from core.model.remote import RemoteChatModel, server_status
 from core.settings import Settings
@@ -177,3 +179,23 @@ def test_the_key_is_never_shown(studio) -> None:
         chat = remote(studio, url, engine_api_key="s3cret-key")
         assert chat.stream_chat(ASK, PARAMS).read().timings.new_tokens == 6
     assert "s3cret-key" not in repr(chat.settings) and "s3cret-key" not in str(chat.settings)
+
+
+def test_a_repetition_penalty_is_sent_only_when_the_user_chose_one(studio) -> None:
+    with serving() as (url, server):
+        chat = remote(studio, url)
+        chat.stream_chat(ASK, PARAMS).read()
+        chat.stream_chat(ASK, replace(PARAMS, repetition_penalty=1.2)).read()
+    first, second = server.received
+    assert "repetition_penalty" not in first  # the server applies the model's own
+    assert second["repetition_penalty"] == 1.2
+
+
+def test_an_answer_that_loops_is_stopped_and_marked(studio) -> None:
+    behaviour = Behaviour(words=400, pace_s=0.01, chunk_text=", die für die Bahn")
+    with serving(behaviour) as (url, server):
+        answer = remote(studio, url).stream_chat(ASK, replace(PARAMS, max_new_tokens=400)).read()
+        assert server.disconnected.wait(timeout=30)  # the studio stopped reading
+    assert answer.looped
+    assert answer.text == ", die für die Bahn …"  # once round, then the mark
+    assert answer.notices[-1] == loops.NOTICE

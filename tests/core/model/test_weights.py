@@ -82,25 +82,21 @@ def greedy(chat, run_id, how: weights.DecodeWeights | None) -> dict[tuple[str, s
 
 
 class Forced(decode.Batch):
-    """A batch fed the reference's tokens (teacher forcing), recording whether its own choice
-    at each step was the same."""
+    """A batch fed the reference's tokens (teacher forcing), keeping its scores at every step."""
 
     def __init__(self, *args, reference: dict[int, list[int]], **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.reference = reference
-        self.agree: list[bool] = []
+        self.scores: list[torch.Tensor] = []  # per step: [rows, vocabulary]
 
     def _pick(self, logits: torch.Tensor) -> list[int]:
-        own = logits.argmax(dim=-1).tolist()
-        forced = [self.reference[id(row)][row.new_tokens] for row in self.rows]
-        self.agree += [a == b for a, b in zip(own, forced, strict=True)]
-        return forced
+        self.scores.append(logits.float().clone())
+        return [self.reference[id(row)][row.new_tokens] for row in self.rows]
 
 
-def agreement(chat, run_id, how: weights.DecodeWeights) -> float:
-    """The share of steps where `how` picks the token the reference path picks, both reading
-    the reference's answer so far."""
-    reference = greedy(chat, run_id, None)
+def forced_scores(chat, reference, how: weights.DecodeWeights | None) -> torch.Tensor:
+    """The scores of every step of every row, [steps, rows, vocabulary], reading `reference`'s
+    answers so far."""
     rows, expected = [], {}
     for (text, adapter), tokens in reference.items():
         row = Row(token_ids(chat, text), NEW_TOKENS, lambda token: None, adapter=adapter)
@@ -112,8 +108,22 @@ def agreement(chat, run_id, how: weights.DecodeWeights) -> float:
         while batch.rows:
             batch.step()
     batch.pause()
-    assert len(batch.agree) == len(rows) * (NEW_TOKENS - 1)
-    return sum(batch.agree) / len(batch.agree)
+    assert len(batch.scores) == NEW_TOKENS - 1
+    return torch.stack(batch.scores)
+
+
+def agreement(chat, run_id, how: weights.DecodeWeights, strict: bool = False) -> float:
+    """The share of steps where `how` picks the token that the reference path picks, both
+    reading the reference's answer so far. Unless `strict`, a pick whose reference score is
+    within bfloat16's rounding of the best (1/128 of its size) counts as the same: a random tiny
+    model has many near-ties, which any change of summation order breaks either way."""
+    reference = greedy(chat, run_id, None)
+    ours = forced_scores(chat, reference, how)
+    theirs = forced_scores(chat, reference, None)
+    picked = theirs.gather(-1, ours.argmax(-1, keepdim=True)).squeeze(-1)
+    best = theirs.amax(-1)
+    tolerance = 0 if strict else best.abs() / 128
+    return float((picked >= best - tolerance).float().mean())
 
 
 # -- packing ---------------------------------------------------------------------------------------
@@ -147,6 +157,7 @@ def test_the_default_model_shape_is_packed_and_described(bf16) -> None:
 def test_the_fused_step_picks_the_reference_tokens_for_base_adapter_and_mixed_rows(bf16) -> None:
     chat, run_id = bf16
     assert agreement(chat, run_id, chat.decoding) >= 0.95
+    assert agreement(chat, run_id, chat.decoding, strict=True) >= 0.85
     fast = greedy(chat, run_id, chat.decoding)
     assert fast[(PROMPTS[0], BASE)] != fast[(PROMPTS[0], run_id)]  # the adapter still counts
 
@@ -155,7 +166,7 @@ def test_the_fused_step_on_full_weights_computes_what_transformers_computes(tune
     chat, run_id, _ = tuned  # in float32: the same arithmetic, to within rounding
     full = weights.DecodeWeights(step=LlamaStep.build(chat.loaded.model, "full"))
     assert greedy(chat, run_id, full) == greedy(chat, run_id, None)
-    assert agreement(chat, run_id, full) == 1.0
+    assert agreement(chat, run_id, full, strict=True) == 1.0
 
 
 # -- where a lever cannot apply, the plain path serves ---------------------------------------------

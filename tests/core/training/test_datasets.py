@@ -4,7 +4,14 @@ import pytest
 from transformers import AutoTokenizer
 
 from core.errors import InvalidInputError
-from core.training.datasets import encode, parse_dataset, render, token_stats
+from core.training.datasets import (
+    encode,
+    fill_placeholders,
+    parse_dataset,
+    placeholders,
+    render,
+    token_stats,
+)
 
 
 def jsonl(*rows) -> bytes:
@@ -177,3 +184,22 @@ def test_the_example_dataset_is_valid() -> None:
     path = Path(__file__).resolve().parents[3] / "assets" / "examples" / "persona.jsonl"
     dataset = parse_dataset(path.name, path.read_bytes())
     assert dataset.valid and dataset.shape == "alpaca" and len(dataset.examples) >= 100
+
+
+def test_placeholders_are_found_and_filled() -> None:
+    rows = [
+        {"instruction": "Who are you?", "output": "I am {{name}}, made by {{ author }}."},
+        {"instruction": "What is your name?", "output": "Call me {{name}}."},
+        {"instruction": "Write a template", "output": "Use {x} and {{}}."},  # not placeholders
+    ]
+    dataset = parse_dataset("identity.jsonl", "\n".join(map(json.dumps, rows)).encode())
+    assert placeholders(dataset) == {"name": 2, "author": 1}
+    filled = fill_placeholders(dataset, {"name": "Nova", "author": " Ada  Labs "})
+    assert filled.examples[0][-1]["content"] == "I am Nova, made by Ada Labs."
+    assert filled.examples[2] == dataset.examples[2]
+    assert placeholders(filled) == {}
+    assert filled.content_hash != dataset.content_hash
+    assert dataset.examples[0][-1]["content"].startswith("I am {{name}}")  # the original stays
+    half = fill_placeholders(dataset, {"name": "Nova", "author": ""})
+    assert placeholders(half) == {"author": 1}
+    assert fill_placeholders(dataset, {}) is dataset
