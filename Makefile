@@ -63,6 +63,7 @@ bench: install
 	$(BIN)/python bench/evaluate.py
 	$(BIN)/python bench/load.py
 	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/quality.py
 
 # The peers that benchmarks compare with where they can, each in its own environment: llama.cpp
 # (bench/generate.py decodes the same GGUF file with it). It compiles for some minutes.

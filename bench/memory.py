@@ -110,6 +110,7 @@ def memory_mb() -> dict[str, int]:
 def ours(texts: list[str], adapter: Path, scratch: Path, tokens: int) -> dict[str, object]:
     from core.answering import conversations
     from core.answering import round as question_round
+    from core.answering.reading import select
     from core.knowledge.ingest import ChunkSettings, UploadedFile, ingest
     from core.knowledge.retrieve import search
     from core.knowledge.store import KnowledgeStore
@@ -134,10 +135,11 @@ def ours(texts: list[str], adapter: Path, scratch: Path, tokens: int) -> dict[st
     list(ingest(kb, files, ChunkSettings(800, 0)))
     added = time.perf_counter() - start
     found = search(kb, QUESTION, top_k=4)
+    sentences = select(QUESTION, found.passages, kb.store.embeddings)  # what RAG reads
     built = question_round.requests(
         conversations.Conversation(),
         QUESTION,
-        found.passages,
+        sentences,
         ["rag", "hybrid"],
         settings.system_prompt,
         "bench",

@@ -12,7 +12,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from core.knowledge.retrieve import Passage
+from core.answering.reading import Sentence
+from core.model.chat import Message
 
 
 @dataclass(frozen=True)
@@ -63,16 +64,36 @@ def available(keys: Iterable[str], has_adapter: bool, has_knowledge: bool) -> li
     return [k for k in MODES if k in wanted and not missing(k, has_adapter, has_knowledge)]
 
 
-# Passages first, each with its source, then the question, then how to answer. Measured on eight
-# invented facts with the default model (greedy): this layout answered 7 of 8 correctly; the
-# instructions first and the question last, 5 of 8; the base model without passages, 0.
-RAG_INSTRUCTIONS = "Use these passages to answer."
-RAG_ANSWER = "Answer briefly, citing the passage like [1]."
+# How the reading modes ask (chosen with bench/quality.py, see core.answering.reading): the
+# sentences that answer, each marked with its passage's number, the question after them, and an
+# instruction to keep the text's own words and numbers; before it, three worked examples of the
+# same form (a number, a name, a code, each beside a sentence that does not answer), which the
+# default model follows far better than any instruction. On the held-out questions, four whole
+# passages and a request to cite them: RAG right on 29% of the questions whose answer was found;
+# this way: see the note in bench/quality.py.
+RAG_ANSWER = "Answer in one short sentence, with the exact words and numbers of the text."
+READING_EXAMPLES = (
+    (
+        (
+            "The museum opens at 9:30 and closes at 17:00.",
+            "Adult tickets cost EUR 12 and children enter free.",
+        ),
+        "How much does an adult ticket cost?",
+        "An adult ticket costs EUR 12 [2].",
+    ),
+    (
+        ("The club's treasurer is Anna Berg.", "The chairman, Paul Weiss, was elected in 2019."),
+        "Who chairs the club?",
+        "Paul Weiss chairs the club [2].",
+    ),
+    (
+        ("Order the blue model with code BX-310.", "The red model, code RX-220, is sold out."),
+        "What is the code of the red model?",
+        "The red model's code is RX-220 [2].",
+    ),
+)
 # Anything in a passage or its source that could pose as our own structure loses its power: a
 # line starting like a passage number ("[2] ...") or like the question line ("Question: ...").
-# The layout itself stays as measured above: fencing passages in <passage> tags and telling the
-# system prompt they are data cost the default model right answers (RAG answered 3 of the
-# invented facts of tests/core/evaluation/test_runner_real.py, where 5 or more are expected).
 _NUMBER_LINE = re.compile(r"^(\s*)\[(\d+)\]", re.MULTILINE)
 _QUESTION_LINE = re.compile(r"^(\s*)question\s*:", re.IGNORECASE | re.MULTILINE)
 
@@ -84,13 +105,28 @@ def quoted(text: str) -> str:
     return _QUESTION_LINE.sub(r"\1(question)", text).strip()
 
 
-def rag_message(question: str, passages: Sequence[Passage]) -> str:
-    """The question as the RAG and hybrid modes ask it: numbered passages with their sources;
-    nothing in a document can pose as the question or another passage."""
-    if not passages:
-        return question
-    blocks = [
-        f"[{n}] {quoted(p.text)}\n(Source: {' '.join(quoted(p.citation).split())})"
-        for n, p in enumerate(passages, 1)
-    ]
-    return "\n\n".join([RAG_INSTRUCTIONS, *blocks, f"Question: {question}\n{RAG_ANSWER}"])
+def reading_message(question: str, sentences: Sequence[Sentence]) -> str:
+    """The question as the reading modes ask it: the sentences that answer, each with its
+    passage's number; nothing in a document can pose as the question or another passage."""
+    lines = [f"{' '.join(quoted(s.text).split())} [{s.passage}]" for s in sentences]
+    return "\n".join(lines) + f"\n\nQuestion: {question}\n{RAG_ANSWER}"
+
+
+def rag_messages(question: str, sentences: Sequence[Sentence]) -> list[Message]:
+    """The worked examples, then the question with its sentences; the question as it is when
+    nothing was found."""
+    if not sentences:
+        return [{"role": "user", "content": question}]
+    examples: list[Message] = []
+    for texts, asked, answer in READING_EXAMPLES:
+        shown = [Sentence(text, number) for number, text in enumerate(texts, 1)]
+        examples += [
+            {"role": "user", "content": reading_message(asked, shown)},
+            {"role": "assistant", "content": answer},
+        ]
+    return [*examples, {"role": "user", "content": reading_message(question, sentences)}]
+
+
+def is_reading(content: str) -> bool:
+    """Whether a user message is a reading modes' question (for tests' stand-in models)."""
+    return content.endswith(RAG_ANSWER)

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from core.answering.conversations import Conversation, Exchange, ModeAnswer, passage_dicts
-from core.answering.modes import MODES, NO_PASSAGES, UNAVAILABLE, missing, rag_message
+from core.answering.modes import MODES, NO_PASSAGES, UNAVAILABLE, missing, rag_messages
+from core.answering.reading import Sentence, select
 from core.errors import StudioError
 from core.knowledge.retrieve import Passage, search
 from core.knowledge.store import KnowledgeBase
@@ -33,6 +34,7 @@ class Round:
     question: str
     modes: list[str]  # the modes asked for, in the order they are shown
     passages: list[Passage] = field(default_factory=list)
+    sentences: list[Sentence] = field(default_factory=list)  # what the reading modes read
     retrieval_s: float = 0.0
     unavailable: dict[str, str] = field(default_factory=dict)  # mode -> "adapter" | "knowledge"
     problems: dict[str, str] = field(default_factory=dict)  # mode -> why it could not answer
@@ -88,6 +90,7 @@ def prepare(
         try:
             result = search(kb, question, top_k)
             round_.passages, round_.retrieval_s = result.passages, result.seconds
+            round_.sentences = select(question, result.passages, kb.store.embeddings)
         except StudioError as error:
             for key in reading:
                 round_.problems.setdefault(key, str(error))
@@ -95,7 +98,7 @@ def prepare(
     round_.requests = requests(
         conversation or Conversation(),
         question,
-        round_.passages,
+        round_.sentences,
         shown_modes,
         system_prompt,
         adapter.run_id if adapter is not None else None,
@@ -107,24 +110,29 @@ def prepare(
 def requests(
     conversation: Conversation,
     question: str,
-    passages: Sequence[Passage],
+    sentences: Sequence[Sentence],
     modes: Sequence[str],
     system_prompt: str,
     adapter: str | None = None,
     adapter_system_prompt: str | None = None,
 ) -> dict[str, ChatRequest]:
-    """What each mode is asked: its own history, then the question (with the numbered passages
-    for the reading modes). The tuned modes get the instructions the adapter was trained under
-    (it answers best with them); the others get the studio's. Without `adapter`, the tuned
-    modes are left out."""
+    """What each mode is asked: its own history, then the question (for the reading modes,
+    after worked examples and with the sentences that answer it, core.answering.reading). The
+    tuned modes get the instructions the adapter was trained under (it answers best with them);
+    the others get the studio's. Without `adapter`, the tuned modes are left out."""
     built = {}
     for key in modes:
         mode = MODES[key]
         if mode.uses_adapter and adapter is None:
             continue
-        content = rag_message(question, passages) if mode.uses_passages else question
+        asked = (
+            rag_messages(question, sentences)
+            if mode.uses_passages
+            else [{"role": "user", "content": question}]
+        )
+        examples, last = asked[:-1], asked[-1]
         built[key] = ChatRequest(
-            [*conversation.history(key), {"role": "user", "content": content}],
+            [*examples, *conversation.history(key), last],
             adapter_system_prompt if mode.uses_adapter and adapter_system_prompt else system_prompt,
             adapter if mode.uses_adapter else None,
         )

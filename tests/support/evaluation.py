@@ -3,7 +3,7 @@ answers them the way each mode would."""
 
 import re
 
-from core.answering.modes import RAG_INSTRUCTIONS
+from core.answering.modes import is_reading
 from core.evaluation import runner
 from core.evaluation.questions import EvalItem
 from core.evaluation.results import Report
@@ -27,10 +27,9 @@ def oracle(request: ChatRequest) -> str:
     """A model that knows Paris, reads codes (not periods) from passages, and, with the
     adapter, has learned the harbour master but forgotten Paris."""
     content = request.messages[-1]["content"]
-    if content.startswith(RAG_INSTRUCTIONS):
+    if is_reading(content):  # it reads, and knows nothing else while reading
         code = re.search(r"code is ([A-Z]+-[A-Z]+-\d+)", content)
-        if code:
-            return f"The release code is {code.group(1)} [1]."
+        return f"The release code is {code.group(1)} [1]." if code else "The text does not say."
     if request.adapter is not None:
         return "The harbour master is Ingrid Solberg." if "master" in content else "No idea."
     return "Paris." if "France" in content else "I do not know."

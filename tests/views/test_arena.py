@@ -3,6 +3,7 @@
 import pytest
 
 from core.answering import conversations
+from core.answering.modes import READING_EXAMPLES
 from core.knowledge.ingest import ChunkSettings, UploadedFile, ingest
 from core.knowledge.store import KnowledgeStore
 from core.model import loops
@@ -75,8 +76,10 @@ def test_each_column_keeps_its_conversation_until_a_new_one(open_page, studio, f
     at = ask(open_page(PAGE), "First question?")
     ask(at, "Second question?")
     second_batch = fake_model.requests[4:]
-    assert [len(r.messages) for r in second_batch] == [3, 3, 3, 3]
+    examples = 2 * len(READING_EXAMPLES)  # the reading modes' worked examples come first
+    assert [len(r.messages) for r in second_batch] == [3, 3, 3 + examples, 3 + examples]
     assert second_batch[1].messages[1]["content"] == "tuned alone"
+    assert second_batch[3].messages[examples + 1]["content"] == "tuned with passages"
     at.button(key="arena_new").click().run()
     assert at.session_state["arena_conversation"] is None
     assert "Ask something your documents" in texts(at.info)

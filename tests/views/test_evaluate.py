@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from core.answering.modes import RAG_INSTRUCTIONS
+from core.answering.modes import is_reading
 from core.evaluation import runner
 from core.knowledge.ingest import ChunkSettings, UploadedFile, ingest
 from core.knowledge.store import KnowledgeStore
@@ -37,7 +37,7 @@ def studio(fake_model, fake_search):
 
     def reply(request) -> str:
         content = request.messages[-1]["content"]
-        if content.startswith(RAG_INSTRUCTIONS):
+        if is_reading(content):
             if "refund" in content.split("Question:")[-1]:
                 return "Refunds: 45 days [1]."
             return "The code is BLUE-HARBOR-42 [2]."

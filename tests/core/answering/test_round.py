@@ -3,9 +3,11 @@ each mode's problem."""
 
 import pytest
 
+from core.answering import modes
 from core.answering import round as question_round
 from core.answering.conversations import Conversation, Exchange, ModeAnswer, passage_dicts
-from core.answering.modes import MODES, NO_PASSAGES, UNAVAILABLE
+from core.answering.modes import MODES, NO_PASSAGES, UNAVAILABLE, rag_messages
+from core.answering.reading import Sentence
 from core.errors import KnowledgeBaseError
 from core.knowledge.ingest import ChunkSettings, UploadedFile, ingest
 from core.knowledge.retrieve import Passage
@@ -25,19 +27,21 @@ PASSAGES = [
 PARAMS = SamplingParams(temperature=0.0, max_new_tokens=16)
 
 
+SENTENCES = [Sentence("Refunds are possible within 45 days.", 1)]
+
+
 def ask_all(conversation: Conversation, question: str = "What is the refund period?"):
     return question_round.requests(
-        conversation, question, PASSAGES, list(MODES), "Studio prompt.", "run-1", "Adapter prompt."
+        conversation, question, SENTENCES, list(MODES), "Studio prompt.", "run-1", "Adapter prompt."
     )
 
 
-def test_rag_and_hybrid_read_the_passages_with_citations_base_and_tuned_do_not() -> None:
+def test_rag_and_hybrid_read_the_sentences_with_citations_base_and_tuned_do_not() -> None:
     built = ask_all(Conversation())
     for key in ("rag", "hybrid"):
+        assert built[key].messages == rag_messages("What is the refund period?", SENTENCES)
         content = built[key].messages[-1]["content"]
-        assert "[1] Refunds are possible within 45 days.\n(Source: policy.pdf, page 3)" in content
-        assert "[2] The release code is BLUE-HARBOR-42.\n(Source: notes.txt)" in content
-        assert "Question: What is the refund period?\nAnswer briefly, citing" in content
+        assert content.startswith("Refunds are possible within 45 days. [1]\n\nQuestion: What")
     for key in ("base", "tuned"):
         assert built[key].messages == [{"role": "user", "content": "What is the refund period?"}]
     assert [built[k].adapter for k in MODES] == [None, "run-1", None, "run-1"]
@@ -67,8 +71,12 @@ def test_each_mode_keeps_its_own_conversation_without_old_passages() -> None:
         {"role": "user", "content": "First?"},
         {"role": "assistant", "content": "base says one"},
     ]
-    assert built["rag"].messages[1]["content"] == "rag says one"
-    assert "Refunds" not in built["rag"].messages[0]["content"]  # old passages are not re-sent
+    examples = len(modes.READING_EXAMPLES) * 2  # the worked examples come first
+    assert built["rag"].messages[examples : examples + 2] == [
+        {"role": "user", "content": "First?"},
+        {"role": "assistant", "content": "rag says one"},
+    ]  # old passages are not sent again
+    assert len(built["rag"].messages) == examples + 3
     assert len(built["tuned"].messages) == 1  # its failed turn is not part of its history
 
 
@@ -81,7 +89,7 @@ def test_ask_streams_every_mode_in_one_batch_and_records_the_answers() -> None:
     assert fake.batches == [4]  # one batch for the four
     answers = question_round.finish(asked, question_round.read_all(asked)).answers
     assert answers["hybrid"].text == "answer with run-1"
-    assert answers["rag"].prompt.startswith("user: Use these passages to answer.")
+    assert answers["rag"].prompt.endswith(modes.RAG_ANSWER)
     assert answers["base"].new_tokens == 3 and answers["base"].total_s >= 0
 
 
@@ -113,7 +121,9 @@ def test_a_round_retrieves_once_and_streams_every_mode_in_one_batch(kb, monkeypa
     exchange = question_round.finish(asked, question_round.read_all(asked))
     assert fake.batches == [2]
     assert list(exchange.answers) == ["base", "rag"]
-    assert exchange.answers["rag"].text.startswith("base: Use these passages")
+    # the sentence that answers is read last, nearest the question, with its passage's number
+    assert asked.sentences[-1] == Sentence("The release code is BLUE-HARBOR-42.", 1)
+    assert exchange.answers["rag"].prompt.endswith(modes.RAG_ANSWER)
     assert exchange.passages[0]["citation"] == "handbook.txt"
 
 

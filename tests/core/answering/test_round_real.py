@@ -33,7 +33,9 @@ def test_a_fact_only_in_the_document_is_answered_by_rag_and_not_by_the_base_mode
         question, ["base", "rag"], system_prompt=settings.system_prompt, kb=kb, top_k=4
     )
     assert asked.passages[0].citation == "handbook.pdf, page 2"
-    assert "(Source: handbook.pdf, page 2)" in asked.requests["rag"].messages[-1]["content"]
+    # the sentence read carries the number of its passage, which the sources list shows with
+    # its file and page
+    assert "BLUE-HARBOR-42. [1]" in asked.requests["rag"].messages[-1]["content"]
     question_round.start(chat, [asked], SamplingParams(temperature=0.0, max_new_tokens=48))
     exchange = question_round.finish(asked, question_round.read_all(asked))
     answers = {key: answer.text for key, answer in exchange.answers.items()}

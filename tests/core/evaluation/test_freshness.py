@@ -2,7 +2,7 @@
 
 import pytest
 
-from core.answering.modes import RAG_INSTRUCTIONS
+from core.answering.modes import is_reading
 from core.errors import InvalidInputError
 from core.evaluation import freshness, runner
 from core.knowledge.chroma import client_for
@@ -19,9 +19,7 @@ def test_freshness_rag_follows_an_edited_fact_the_adapter_does_not(settings, kb,
     run_id = trained(settings, "Harbour staff")
 
     def learned(request: ChatRequest) -> str:
-        if request.adapter is not None and not request.messages[-1]["content"].startswith(
-            RAG_INSTRUCTIONS
-        ):
+        if request.adapter is not None and not is_reading(request.messages[-1]["content"]):
             return "The release code is BLUE-HARBOR-42."  # learned in training
         return oracle(request)
 
