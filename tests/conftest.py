@@ -49,7 +49,7 @@ def fresh_real_data_dir(real_data_dir: Path, tmp_path_factory: pytest.TempPathFa
 
 @pytest.fixture(scope="session")
 def real_persona_run(real_data_dir: Path) -> Path:
-    """The example persona trained with the Quick preset on the real default model, started the
+    """The example persona trained with the Balanced preset on the real default model, started the
     Fine-tune page's way (its worker process), in `real_data_dir`: trained once per test session
     and copied by the tests that need a real adapter (tests.support.training.copy_run)."""
     from core.training import jobs
@@ -61,9 +61,9 @@ def real_persona_run(real_data_dir: Path) -> Path:
     run = jobs.start(
         settings,
         parse_dataset(EXAMPLE_PERSONA.name, EXAMPLE_PERSONA.read_bytes()),
-        PRESETS["quick"].config,
+        PRESETS["balanced"].config,
         name="Captain Lumen",
-        preset="quick",
+        preset="balanced",
         system_prompt=settings.system_prompt,
     )
     wait_for(run.folder, finished, timeout=600)

@@ -48,6 +48,7 @@ from core.training.config import (
     TrainConfig,
     eval_steps,
     padding_share,
+    passes,
     preflight,
     prepare_examples,
     sampling_strategy,
@@ -181,6 +182,7 @@ def _arguments(
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size,
         num_train_epochs=config.epochs,
+        max_steps=steps,  # the passes, or min_steps on a small dataset (config.total_steps)
         learning_rate=config.learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=max(1, steps // 20),
@@ -255,7 +257,7 @@ def _train(
         state="training",
         message="Training",
         total_steps=steps,
-        total_epochs=config.epochs,
+        total_epochs=round(passes(math.ceil(len(train_rows) / world()), config), 2),
         train_rows=len(train_rows),
         eval_rows=len(eval_rows),
     )

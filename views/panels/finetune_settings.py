@@ -53,6 +53,14 @@ def advanced_fields() -> None:
         right.number_input(
             "Batch size", 1, 512, step=1, key="ft_batch_size", help=help_for("batch_size")
         )
+        middle.number_input(
+            "Fewest learning steps",
+            0,
+            100_000,
+            step=8,
+            key="ft_min_steps",
+            help=help_for("min_steps"),
+        )
         left.number_input(
             "Maximum length (tokens)",
             16,

@@ -10,9 +10,11 @@ from core.training.config import (
     estimate_seconds,
     eval_steps,
     help_for,
+    passes,
     preflight,
     prepare_examples,
     split,
+    total_steps,
     with_system_prompt,
 )
 from core.training.datasets import parse_dataset
@@ -34,7 +36,17 @@ def test_presets_are_valid_and_grow_in_effort() -> None:
     for config in (quick, balanced, thorough):
         config.validate()
     assert quick.epochs < balanced.epochs < thorough.epochs
+    assert quick.min_steps < balanced.min_steps < thorough.min_steps
     assert quick.rank <= balanced.rank <= thorough.rank
+
+
+def test_small_datasets_take_the_fewest_steps_and_large_ones_their_passes() -> None:
+    config = TrainConfig(epochs=3, batch_size=8, min_steps=96)
+    assert total_steps(81, config) == 96  # 11 batches x 3 passes = 33: too few to learn
+    assert passes(81, config) == pytest.approx(96 / 11)
+    assert total_steps(800, config) == 300  # 100 batches x 3 passes
+    assert passes(800, config) == 3
+    assert total_steps(81, TrainConfig(epochs=3, batch_size=8, min_steps=0)) == 33
 
 
 @pytest.mark.parametrize(
@@ -125,6 +137,9 @@ def test_duration_estimate_scales_with_epochs_and_speed(tokenizer) -> None:
     one = estimate_seconds(check, TrainConfig(epochs=1), tokens_per_s=500)
     three = estimate_seconds(check, TrainConfig(epochs=3), tokens_per_s=500)
     assert three > 2.5 * (one - 8) and estimate_seconds(check, config, 1000) < three
+    # the fewest steps count: 90 rows need 12 batches a pass, 96 steps are 8 passes
+    steps = estimate_seconds(check, TrainConfig(epochs=1, min_steps=96), tokens_per_s=500)
+    assert steps > 7 * (one - 8)
 
 
 def test_eval_steps_end_at_the_last_step() -> None:
