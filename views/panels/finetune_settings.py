@@ -100,18 +100,21 @@ def how_thoroughly(settings: Settings, examples: list[Example], config: TrainCon
     except StudioError:
         speed = None
 
-    def preset_label(key: str) -> str:
+    def caption(key: str) -> str:
         preset = PRESETS[key]
         if speed is None:
-            return preset.label
+            return preset.description
         seconds = estimate_seconds(preflight(examples, preset.config), preset.config, speed)
-        return f"{preset.label} · about {format_duration(seconds)}"
+        return f"About {format_duration(seconds)}. {preset.description}"
 
+    # The estimates change with the data (filling in a placeholder changes them): they stay in
+    # the captions, since Streamlit knows a choice by its label, and a label that changed
+    # between two runs would no longer name a preset.
     st.radio(
         "Preset",
         list(PRESETS),
-        format_func=preset_label,
-        captions=[p.description for p in PRESETS.values()],
+        format_func=lambda key: PRESETS[key].label,
+        captions=[caption(key) for key in PRESETS],
         horizontal=True,
         key="ft_preset",
         on_change=apply_preset,

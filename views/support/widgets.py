@@ -83,7 +83,7 @@ def answer_settings(page: str) -> None:
         )
         middle.slider("Top-p", 0.05, 1.0, step=0.05, key=f"{page}_top_p", help=help_for("top_p"))
         right.number_input(
-            "Longest answer (tokens)",
+            "Longest answer",
             min_value=16,
             max_value=2048,
             step=16,
