@@ -13,6 +13,7 @@ from core.knowledge.ingest import ChunkSettings, UploadedFile, ingest
 from core.knowledge.store import KnowledgeStore
 from core.model import loading
 from core.settings import Settings
+from core.training.config import PRESETS
 from tests.e2e.conftest import (
     STOP_WITHIN_S,
     _shared,
@@ -27,6 +28,9 @@ from tests.support.training import copy_run
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 QUESTION = "What is your name?"  # the adapter was trained to answer it its own way
+
+
+RANK = PRESETS["balanced"].config.rank  # the example persona's (tests/conftest.real_persona_run)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +51,8 @@ def served(
     run_id = copy_run(real_persona_run, data_dir)  # the example persona, trained by the studio
     logs = tmp_path_factory.mktemp("vllm")
     model_dir = loading.prepare_model(settings.base_model, settings)
-    server = vllm_server.start(model_dir, logs / "vllm.log")
+    # The server takes adapters up to the persona's rank (Balanced: 16) and no more (start()).
+    server = vllm_server.start(model_dir, logs / "vllm.log", max_lora_rank=RANK)
     process, url = start_studio(
         data_dir,
         logs / "streamlit.log",
@@ -119,7 +124,7 @@ def test_a_server_stopped_mid_answer_is_named_plainly_and_the_next_question_work
 
     port = int(server.url.rsplit(":", 1)[1].split("/")[0])
     model_dir = server.process.args[server.process.args.index("--model") + 1]
-    again = vllm_server.start(model_dir, server.log, port=port)  # back, with no adapters
+    again = vllm_server.start(model_dir, server.log, port=port, max_lora_rank=RANK)  # no adapters
     server.process = again.process
     ask(page, url, QUESTION)  # a new conversation: only this question on the page
     page.get_by_text("Download JSON").wait_for(timeout=240_000)

@@ -108,7 +108,7 @@ def start(
 ) -> Server:
     """Start vLLM's OpenAI-compatible server on `model_dir` and wait until it lists the model.
 
-    `max_lora_rank` is the tests' adapters' rank and no more: vLLM's CPU build pads every adapter
+    `max_lora_rank` is to be the adapters' rank and no more: vLLM's CPU build pads every adapter
     to it and gathers its weights for each prompt token, one thread in bfloat16 (an 851-token
     prompt through a rank-8 adapter: 4 s with 8, 46 s with 64, enough to look like a hang when
     several such prompts queue).
