@@ -24,6 +24,8 @@ def repeated_tail(text: str) -> tuple[int, int] | None:
     """(period, repeats) of the shortest repetition that ends `text`, or None when it does not
     loop."""
     tail = text[-TAIL:]
+    if len(tail) < MIN_SPAN:  # most calls, early in an answer: nothing can loop yet
+        return None
     for period in range(1, min(MAX_PERIOD, len(tail) // 2) + 1):
         needed = MIN_REPEATS_LONG if period >= LONG_PERIOD else MIN_REPEATS
         span = max(period * needed, MIN_SPAN)

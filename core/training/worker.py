@@ -235,7 +235,8 @@ def _train(
         load_model(spec.model_path, spec.dtype, spec.device, spec.trust_remote_code), config
     )
     # Several processes split every epoch between them (each sees its share of the rows).
-    steps = total_steps(math.ceil(len(train_rows) / world()), config)
+    rows_each = math.ceil(len(train_rows) / world())
+    steps = total_steps(rows_each, config)
     lengths = [len(row["input_ids"]) for row in train_rows]
     arguments = _arguments(run_dir, spec, config, steps, lengths, bool(eval_rows))
     progress = Progress(run_dir, status, steps)
@@ -257,7 +258,7 @@ def _train(
         state="training",
         message="Training",
         total_steps=steps,
-        total_epochs=round(passes(math.ceil(len(train_rows) / world()), config), 2),
+        total_epochs=round(passes(rows_each, config), 2),
         train_rows=len(train_rows),
         eval_rows=len(eval_rows),
     )
