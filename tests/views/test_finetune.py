@@ -155,3 +155,23 @@ def test_placeholders_are_offered_to_fill_before_training(page) -> None:
     run_dir = jobs.all_runs(load_settings())[0].folder
     trained_on = run_folder.read_dataset(run_dir)
     assert all(example[-1]["content"] == "I am Nova." for example in trained_on)
+
+
+def test_the_tuned_model_is_made_into_files_to_take_away(open_page) -> None:
+    from core.training import model_export
+    from tests.support.training import trained
+
+    run_id = trained(load_settings(), "Capitals")
+    page = open_page(PAGE)
+    assert "Take it out of the studio" in [e.label for e in page.expander]
+    assert not page.get("download_button") or len(page.get("download_button")) == 1
+    page.button(key=f"ft_export_{run_id}").click().run(timeout=120)
+    assert not page.exception and not page.error
+    made = model_export.exported(load_settings(), run_id)
+    assert made.merged_zip is not None and made.gguf_zip is not None
+    labels = [b.proto.label for b in page.get("download_button")]
+    assert any(label.startswith("Merged model (.zip)") for label in labels), labels
+    assert any(label.startswith("GGUF + Modelfile (.zip)") for label in labels), labels
+    # Made once: the next visit offers the files without the button.
+    page.run()
+    assert not [b for b in page.button if b.key == f"ft_export_{run_id}"]

@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
+from pathlib import Path
 
 import streamlit as st
 
 from core.answering import round as question_round
 from core.errors import StudioError
 from core.settings import Settings
-from core.training import adapters
+from core.training import adapters, model_export
 from core.training.config import PRESETS
 from core.wording import format_duration
 from views.panels.finetune_run import loss_chart
@@ -92,6 +94,9 @@ def adapter_card(settings: Settings, adapter: adapters.AdapterInfo) -> None:
             st.caption(markdown_escape(adapter.incompatibility))
         with st.expander("Loss curve", icon=":material/show_chart:"):
             loss_chart(adapter.train_loss, adapter.eval_loss)
+        if adapter.compatible:
+            with st.expander("Take it out of the studio", icon=":material/output:"):
+                take_away(settings, adapter)
         rename, download, delete = st.columns(3)
         with rename.popover("Rename", icon=":material/edit:", width="stretch"):
             new_name = st.text_input("New name", value=adapter.name, key=f"ft_rename_to_{key}")
@@ -103,7 +108,7 @@ def adapter_card(settings: Settings, adapter: adapters.AdapterInfo) -> None:
                 else:
                     st.rerun()
         download.download_button(
-            "Download (.zip)",
+            "Adapter (.zip)",
             data=lambda: adapters.zip_bytes(settings, key),
             file_name=f"adapter-{key}.zip",
             mime="application/zip",
@@ -111,6 +116,8 @@ def adapter_card(settings: Settings, adapter: adapters.AdapterInfo) -> None:
             icon=":material/download:",
             on_click="ignore",
             width="stretch",
+            help="The LoRA adapter alone (PEFT's files): for transformers + PEFT or a vLLM "
+            "server with the same base model.",
         )
         with delete.popover("Delete", icon=":material/delete:", width="stretch"):
             sure = st.checkbox(
@@ -123,3 +130,61 @@ def adapter_card(settings: Settings, adapter: adapters.AdapterInfo) -> None:
                     icon=":material/delete:",
                 )
                 st.rerun()
+
+
+def take_away(settings: Settings, adapter: adapters.AdapterInfo) -> None:
+    """The tuned model as files other tools run: merged weights, and GGUF for llama.cpp and
+    Ollama. Made once on request (with progress), then offered for download."""
+    key = adapter.run_id
+    st.caption(
+        "The base model with this adapter merged into its weights: a model folder that "
+        "transformers loads with `from_pretrained`, and a GGUF file with a ready Ollama "
+        "Modelfile for llama.cpp and Ollama (weights in 8 bits)."
+    )
+    made = model_export.exported(settings, key)
+    problem = model_export.gguf_support(settings)
+    if made.merged_zip is None or (made.gguf_zip is None and not problem):
+        if not st.button("Make the files", key=f"ft_export_{key}", icon=":material/build:"):
+            if problem:
+                st.info(markdown_escape(problem), icon=":material/info:")
+            return
+        bar = st.progress(0.0, text="Starting")
+        try:
+            for step in model_export.export(settings, key):
+                bar.progress(step.fraction, text=step.message)
+        except StudioError as error:
+            st.error(markdown_escape(error), icon=":material/error:")
+            return
+        made = model_export.exported(settings, key)
+    merged_column, gguf_column = st.columns(2)
+    slug = _file_stem(adapter.name)
+    if made.merged_zip is not None:
+        _download_file(
+            merged_column, "Merged model (.zip)", made.merged_zip, f"{slug}-merged.zip", key
+        )
+    if made.gguf_zip is not None:
+        _download_file(
+            gguf_column, "GGUF + Modelfile (.zip)", made.gguf_zip, f"{slug}-gguf.zip", key
+        )
+    elif problem:
+        gguf_column.info(markdown_escape(problem), icon=":material/info:")
+
+
+def _download_file(column, label: str, path: Path, file_name: str, key: str) -> None:  # type: ignore[no-untyped-def]
+    size = path.stat().st_size / 1e6
+    column.download_button(
+        f"{label} · {size:,.0f} MB",
+        data=lambda: path.read_bytes(),
+        file_name=file_name,
+        mime="application/zip",
+        key=f"ft_download_{file_name}_{key}",
+        icon=":material/download:",
+        on_click="ignore",
+        width="stretch",
+    )
+
+
+def _file_stem(name: str) -> str:
+    """A download name from the adapter's name: letters, digits and dashes only."""
+    stem = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()[:40]
+    return stem or "tuned-model"
