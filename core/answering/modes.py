@@ -121,19 +121,22 @@ def reading_message(question: str, sentences: Sequence[Sentence]) -> str:
     return "\n".join(lines) + f"\n\nQuestion: {question}\n{RAG_ANSWER}"
 
 
-def rag_messages(question: str, sentences: Sequence[Sentence]) -> list[Message]:
+def rag_messages(
+    question: str, sentences: Sequence[Sentence], examples: bool = True
+) -> list[Message]:
     """The worked examples, then the question with its sentences; the question as it is when
-    nothing was found."""
+    nothing was found. An adapter trained to read (core.training.raft) learned the form and
+    reads without the examples."""
     if not sentences:
         return [{"role": "user", "content": question}]
-    examples: list[Message] = []
-    for texts, asked, answer in READING_EXAMPLES:
-        shown = [Sentence(text, number) for text, number in texts]
-        examples += [
-            {"role": "user", "content": reading_message(asked, shown)},
+    shown: list[Message] = []
+    for texts, asked, answer in READING_EXAMPLES if examples else ():
+        example = [Sentence(text, number) for text, number in texts]
+        shown += [
+            {"role": "user", "content": reading_message(asked, example)},
             {"role": "assistant", "content": answer},
         ]
-    return [*examples, {"role": "user", "content": reading_message(question, sentences)}]
+    return [*shown, {"role": "user", "content": reading_message(question, sentences)}]
 
 
 def is_reading(content: str) -> bool:

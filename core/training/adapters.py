@@ -19,6 +19,8 @@ from core.errors import InvalidInputError, ModelNotAvailableError
 from core.model.chat import ChatModel
 from core.settings import Settings, check_writable
 from core.training import run_folder
+from core.training.check import Check
+from core.training.datasets import DOCUMENTS_SHAPE
 from core.training.jobs import delete_run, run_path, runs_dir
 
 WEIGHTS_FILE = "adapter_model.safetensors"  # PEFT's names (peft.utils), without importing it
@@ -26,6 +28,20 @@ ADAPTER_CONFIG_FILE = "adapter_config.json"
 # What leaves the studio with an adapter (zip download, demo bundle): never the training data.
 SHARED_FILES = (WEIGHTS_FILE, ADAPTER_CONFIG_FILE, run_folder.METADATA_FILE)
 MAX_NAME = 80
+
+
+class CheckRecord(BaseModel):
+    """The after-training check as kept in `studio.json` (core.training.check.Check)."""
+
+    examples: int = Field(ge=1, le=1000)
+    signature: list[str] = Field(default_factory=list, max_length=10)
+    tuned: float
+    base: float
+    took: bool
+    question: str = Field("", max_length=20_000)
+    expected: str = Field("", max_length=20_000)
+    base_answer: str = Field("", max_length=20_000)
+    tuned_answer: str = Field("", max_length=20_000)
 
 
 class AdapterMeta(BaseModel):
@@ -37,6 +53,7 @@ class AdapterMeta(BaseModel):
     name: str = Field("", max_length=MAX_NAME)
     base_model: str = Field("", max_length=300)
     dataset_name: str = Field("", max_length=300)
+    dataset_shape: str = Field("", max_length=64)
     system_prompt: str = Field("", max_length=20_000)
     preset: str = Field("", max_length=64)
     settings: dict[str, Any] = Field(default_factory=dict)
@@ -46,6 +63,7 @@ class AdapterMeta(BaseModel):
     created: float = 0.0
     train_loss: list[list[float]] = Field(default_factory=list)
     eval_loss: list[list[float]] = Field(default_factory=list)
+    check: CheckRecord | None = None
 
 
 def read_meta(path: Path) -> AdapterMeta | None:
@@ -74,6 +92,8 @@ class AdapterInfo:
     size_bytes: int
     train_loss: list[list[float]] = field(default_factory=list)
     eval_loss: list[list[float]] = field(default_factory=list)
+    reads_documents: bool = False  # trained to answer from retrieved passages (RAFT)
+    check: Check | None = None  # does it answer like the examples? (core.training.check)
 
     @property
     def incompatibility(self) -> str:
@@ -107,6 +127,8 @@ def _info(settings: Settings, run_dir: Path) -> AdapterInfo | None:
         size_bytes=sum(p.stat().st_size for p in folder.iterdir() if p.is_file()),
         train_loss=meta.train_loss,
         eval_loss=meta.eval_loss,
+        reads_documents=meta.dataset_shape == DOCUMENTS_SHAPE,
+        check=Check(**meta.check.model_dump()) if meta.check is not None else None,
     )
 
 

@@ -51,6 +51,11 @@ class Problem:
         return f"Line {self.line}: {self.message}"
 
 
+# The shape of training rows built from a knowledge base (core.training.raft): an adapter trained
+# on them reads documents, and the hybrid mode asks it without worked examples.
+DOCUMENTS_SHAPE = "documents"
+
+
 @dataclass
 class Dataset:
     name: str

@@ -42,7 +42,8 @@ from transformers import (
 
 from core import files
 from core.errors import InvalidInputError, is_disk_full
-from core.training import run_folder
+from core.model.chat import Message
+from core.training import check, run_folder
 from core.training.config import (
     Example,
     TrainConfig,
@@ -54,10 +55,12 @@ from core.training.config import (
     sampling_strategy,
     split,
     total_steps,
+    with_system_prompt,
 )
 from core.training.dropout import speed_up_lora_dropout
 from core.training.progress import Progress, log, rank, world
 
+CHECK_TOKENS = 48  # the longest answer of the after-training check
 OOM_HINT = (
     "Training ran out of memory. Choose a smaller batch size or a shorter maximum length in "
     "Advanced, then start again."
@@ -271,12 +274,75 @@ def _train(
         return "cancelled"
     if rank() != 0:  # every process holds the same weights: the first one saves them
         return "completed"
+    train_s = time.time() - started
+    status.update(state="saving", message="Checking the tuned model on held-out examples")
+    checked = _check(run_dir, spec, config, model, tokenizer)
     status.update(state="saving", message="Saving the adapter")
-    _save_adapter(run_dir, spec, model, status, time.time() - started)
+    _save_adapter(run_dir, spec, model, status, train_s, checked)
     shutil.rmtree(run_dir / run_folder.CHECKPOINTS_DIR, ignore_errors=True)
     status.update(state="completed", message="Finished", eta_s=0.0, finished=time.time())
     log("finished")
     return "completed"
+
+
+def _check(
+    run_dir: Path, spec: run_folder.RunSpec, config: TrainConfig, model: Any, tokenizer: Any
+) -> check.Check | None:
+    """Ask the held-out examples of the base and the tuned model (core.training.check)."""
+    examples = run_folder.read_dataset(run_dir)
+    train_index, eval_index = split(len(examples), config.eval_fraction, config.seed)
+    held_out = [examples[i] for i in eval_index][: check.MOST_EXAMPLES]
+    if not held_out:
+        return None
+
+    def last(messages: list[Message], role: str) -> str:
+        return next((m["content"] for m in reversed(messages) if m["role"] == role), "")
+
+    prompts = []
+    for messages in held_out:
+        cut = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        prompts.append(with_system_prompt(messages[:cut], spec.system_prompt))
+    model.eval()
+    tuned = _answers(model, tokenizer, prompts)
+    with model.disable_adapter():
+        base = _answers(model, tokenizer, prompts)
+    trained = [examples[i] for i in train_index]
+    found = check.compare(
+        [last(m, "user") for m in held_out],
+        [last(m, "assistant") for m in held_out],
+        base,
+        tuned,
+        [last(m, "assistant") for m in trained],
+        [last(m, "user") for m in trained],
+    )
+    if found is not None:
+        log(found.sentence)
+    return found
+
+
+def _answers(model: Any, tokenizer: Any, prompts: list[list[Message]]) -> list[str]:
+    """Greedy answers of up to CHECK_TOKENS tokens, in one batch."""
+    texts = [
+        tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+        for p in prompts
+    ]
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+    batch = batch.to(model.device)
+    with torch.no_grad():
+        out = model.generate(
+            **batch,
+            max_new_tokens=CHECK_TOKENS,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return [
+        tokenizer.decode(row[batch["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+        for row in out
+    ]
 
 
 def _row(example: Example) -> dict[str, list[int]]:
@@ -289,6 +355,7 @@ def _save_adapter(
     model: Any,
     status: run_folder.StatusWriter,
     train_s: float,
+    checked: check.Check | None = None,
 ) -> None:
     """Write the adapter beside the run, then move it into place in one step: a kill during the
     save leaves a `.partial` folder that nothing reads, never a damaged adapter."""
@@ -320,6 +387,7 @@ def _save_adapter(
         "eval_loss": eval_loss,
         "duration_s": time.time() - float(data.get("started") or time.time()),
         "train_seconds": train_s,
+        "check": checked.to_dict() if checked is not None else None,
         "created": time.time(),
     }
     files.atomic_write_json(partial / run_folder.METADATA_FILE, metadata)

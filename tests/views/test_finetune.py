@@ -175,3 +175,45 @@ def test_the_tuned_model_is_made_into_files_to_take_away(open_page) -> None:
     # Made once: the next visit offers the files without the button.
     page.run()
     assert not [b for b in page.button if b.key == f"ft_export_{run_id}"]
+
+
+def test_the_model_can_be_taught_to_use_a_knowledge_base(open_page, fake_search) -> None:
+    from core.knowledge.ingest import ChunkSettings, UploadedFile, ingest
+    from core.knowledge.store import KnowledgeStore
+    from core.training.datasets import DOCUMENTS_SHAPE
+
+    page = open_page(PAGE)
+    page.session_state["ft_teach"] = "documents"
+    page.run()
+    assert "Create a knowledge base on the Knowledge base page first" in texts(page.info)
+
+    kb = KnowledgeStore(load_settings(), fake_search).create("Handbook")
+    handbook = "\n\n".join(
+        [
+            "New employees receive 27 days of paid annual leave every year.",
+            "The travel allowance abroad is EUR 58 per day for every employee.",
+            "Visitors sign in at reception with form HX-V1 and wear a badge.",
+            "Report a stolen laptop on extension 4477 as soon as you can.",
+            "A full-time working week at Northwind is 37.5 hours long.",
+            "Parental leave is paid in full for 14 weeks after the birth.",
+            "Purchases above EUR 1,500 need the sign-off of a director.",
+            "The office opens at 7:30 and closes at 19:00 on weekdays.",
+        ]
+    )
+    list(ingest(kb, [UploadedFile("handbook.txt", handbook.encode())], ChunkSettings(80, 0)))
+    page.run()
+    assert "1. Your documents" in texts(page.subheader)
+    page.button(key="ft_raft_build").click().run()
+    assert not page.exception
+    assert "questions that read your documents" in texts(page.success)
+    page.number_input(key="ft_batch_size").set_value(2).run()
+    assert not page.error, texts(page.error)
+    page.button(key="ft_start").click().run()
+    assert not page.exception
+    run = jobs.latest_run(load_settings())
+    assert run is not None
+    assert json.loads((run.folder / "config.json").read_text())["dataset_shape"] == DOCUMENTS_SHAPE
+    wait_for(run.folder, finished)
+    from core.training import adapters
+
+    assert adapters.get(load_settings(), run.run_id).reads_documents

@@ -15,7 +15,7 @@ from core.settings import Settings
 from core.training import adapters, model_export
 from core.training.config import PRESETS
 from core.wording import format_duration
-from views.panels.finetune_run import loss_chart
+from views.panels.finetune_run import check_panel, loss_chart
 from views.support import resources, state, widgets
 from views.support.widgets import markdown_escape
 
@@ -92,6 +92,12 @@ def adapter_card(settings: Settings, adapter: adapters.AdapterInfo) -> None:
         )
         if not adapter.compatible:
             st.caption(markdown_escape(adapter.incompatibility))
+        if adapter.reads_documents:
+            st.caption(
+                "Trained to read your documents: in the Arena and on Evaluate, its Fine-tuned + "
+                "RAG answers read the passages without worked examples."
+            )
+        check_panel(adapter.check, compact=True)
         with st.expander("Loss curve", icon=":material/show_chart:"):
             loss_chart(adapter.train_loss, adapter.eval_loss)
         if adapter.compatible:

@@ -3,12 +3,15 @@ Resume, and the runs that did not finish."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pandas as pd
 import streamlit as st
 
 from core.errors import StudioError
 from core.settings import Settings
-from core.training import jobs, run_folder
+from core.training import adapters, jobs, run_folder
+from core.training.check import Check
 from core.wording import format_duration, short_duration
 from views.support.widgets import markdown_escape
 
@@ -28,6 +31,30 @@ def loss_chart(train_loss: list, eval_loss: list) -> None:
         st.line_chart(pd.DataFrame(rows), x="Step", y="Loss", color="Curve", height=220)
     else:
         st.caption("The loss curve appears after the first step.")
+
+
+def check_panel(checked: Check | None, compact: bool = False) -> None:
+    """The after-training check in one sentence, and one held-out question with the base and
+    the tuned model's answers side by side (in an expander when `compact`)."""
+    if checked is None:
+        return
+    sentence = markdown_escape(checked.sentence)
+    if compact:
+        st.caption(sentence)
+    elif checked.took:
+        st.success(sentence, icon=":material/fact_check:")
+    else:
+        st.warning(sentence, icon=":material/fact_check:")
+    with (
+        st.expander("A held-out example", icon=":material/compare:") if compact else st.container()
+    ):
+        st.markdown(f"**Held-out question:** {markdown_escape(checked.question)}")
+        base, tuned = st.columns(2, border=True)
+        base.markdown("**Base model**")
+        base.markdown(markdown_escape(checked.base_answer) or "*(no answer)*")
+        tuned.markdown("**Tuned model**")
+        tuned.markdown(markdown_escape(checked.tuned_answer) or "*(no answer)*")
+        st.caption(f"Your example's answer: {markdown_escape(checked.expected)}")
 
 
 def run_message(run: jobs.RunStatus) -> None:
@@ -115,6 +142,9 @@ def show_run(settings: Settings, run_id: str) -> None:
         icon = STATE_ICONS.get(run.state, ":material/model_training:")
         st.markdown(f"#### {icon} {markdown_escape(run.name)}")
         run_message(run)
+        if run.state == "completed":
+            with contextlib.suppress(StudioError):  # an adapter deleted since
+                check_panel(adapters.get(settings, run_id).check)
         run_metrics(run)
         loss_chart(run.train_loss, run.eval_loss)
         run_buttons(settings, run)

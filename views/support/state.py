@@ -52,6 +52,7 @@ def init_state(settings: Settings) -> None:
         "kb_watching": False,  # a document job was running at the last look
         "ft_data": None,  # {"name", "data", "source"} of the dataset being prepared
         "ft_upload_round": 0,
+        "ft_teach": "examples",  # what the next adapter learns: "examples" or "documents"
         "ft_preset": "quick",
         "ft_system_prompt": settings.system_prompt,
         "ft_run_id": None,  # the run started in this session

@@ -90,10 +90,21 @@ def test_rows_get_the_studio_system_prompt_unless_they_have_one() -> None:
 
 
 def test_a_good_dataset_passes_without_warnings(tokenizer) -> None:
-    check = preflight(examples(tokenizer, 120), TrainConfig(batch_size=8, eval_fraction=0.1))
+    config = TrainConfig(batch_size=8, eval_fraction=0.1, min_steps=96)
+    check = preflight(examples(tokenizer, 120), config)
     assert check.blockers == [] and check.warnings == []
     assert (check.train_rows, check.eval_rows) == (108, 12)
     assert check.train_tokens > check.eval_tokens > 0
+
+
+def test_a_run_unlikely_to_change_the_model_is_said_plainly(tokenizer) -> None:
+    rows = examples(tokenizer, 120)
+    quick = " ".join(preflight(rows, PRESETS["quick"].config).warnings)
+    assert "32 learning steps are probably too few to change the model" in quick
+    for key in ("balanced", "thorough"):
+        assert preflight(rows, PRESETS[key].config).warnings == []
+    slow = preflight(rows, TrainConfig(learning_rate=2e-5, min_steps=96)).warnings
+    assert any("changes a small model very slowly" in w for w in slow)
 
 
 def test_fewer_rows_than_a_batch_block_the_run(tokenizer) -> None:
