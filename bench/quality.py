@@ -8,15 +8,20 @@ numbers, names, dates and codes. `dev` is the set the studio's reading prompt wa
 
 Measured in one run on the same knowledge base, retrieval and model (the embedded default,
 greedy):
-- ours: the Evaluate page's runner, base and RAG modes (core.answering.reading and .modes);
+- ours: the Evaluate page's runner in all four modes (core.answering.reading and .modes), the
+  fine-tuned modes with an adapter trained "to use your documents" (core.training.raft) on the
+  other question set and the documents' own facts, never on a measured question;
 - plain: the same retrieved passages stuffed into LangChain's standard RAG prompt (the one of
-  the `rlm/rag-prompt` hub entry that its tutorials use), on the same model.
+  the `rlm/rag-prompt` hub entry that its tutorials use), on the same model;
+- persona: bench/data/persona (90 rows: the assistant is Orin, made by Tallis Robotics) trained
+  with Balanced, and ten unseen questions asked of the base and the tuned model.
 
-Prints one JSON line: recall@4 (the answer is in the passages retrieved), each side's accuracy,
-and "RAG right when retrieved" (of the questions whose answer was retrieved, the share answered
-right), with its target 0.8; "ratio" is ours over the plain prompt on that figure, "target"
-2.0. The hybrid mode trained to read (RAFT) over RAG, target 1.25, is `hybrid_over_rag`: null
-until that training exists.
+Prints one JSON line: recall@4 (the answer is in the passages retrieved), each mode's accuracy,
+"RAG right when retrieved" (of the questions whose answer was retrieved, the share answered
+right; target 0.8) against the plain prompt's (`ours_over_plain_prompt`, target 2.0), the
+persona hit rate (target 0.9) with the after-training check's sentence, the hybrid's lead over
+RAG in points (target 15) and the Evaluate page's recommendation; "ratio" is hybrid accuracy
+over RAG accuracy, "target" 1.25.
 
     .venv/bin/python bench/quality.py [--set test|dev] [--tokens 64] [--quick]
 """
@@ -46,8 +51,10 @@ from core.model.local import HFChatModel  # noqa: E402
 from core.settings import Settings, load_settings  # noqa: E402
 from core.training import adapters, jobs, raft, worker  # noqa: E402
 from core.training.config import PRESETS, TrainConfig  # noqa: E402
+from core.training.datasets import parse_dataset  # noqa: E402
 
 DATA = ROOT / "bench" / "data" / "quality"
+PERSONA = ROOT / "bench" / "data" / "persona"
 # LangChain's standard RAG prompt (hub: rlm/rag-prompt), as its tutorials use it.
 PLAIN_PROMPT = (
     "You are an assistant for question-answering tasks. Use the following pieces of retrieved "
@@ -122,6 +129,45 @@ def raft_adapter(
     }
 
 
+def persona(settings: Settings, chat: ChatModel, quick: bool) -> dict:
+    """The persona set (bench/data/persona: 90 rows that name the assistant Orin, made by
+    Tallis Robotics) trained with Balanced; how many of ten unseen questions get the name."""
+    started = time.perf_counter()
+    data = parse_dataset("persona.jsonl", (PERSONA / "train.jsonl").read_bytes())
+    config = (
+        TrainConfig(epochs=1, batch_size=4, max_length=128) if quick else PRESETS["balanced"].config
+    )
+    run_dir = jobs.create(
+        settings,
+        data,
+        config,
+        name="Orin",
+        preset="custom" if quick else "balanced",
+        system_prompt=settings.system_prompt,
+    )
+    assert worker.run(run_dir) == "completed", (run_dir / "train.log").read_text()[-2000:]
+    trained_s = time.perf_counter() - started
+    info = adapters.attach(chat, settings, run_dir.name)
+    lines = (PERSONA / "heldout.jsonl").read_text().splitlines()
+    held = [json.loads(line) for line in lines if line.strip()][: 3 if quick else None]
+    params = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=32)
+    hits = {}
+    for adapter in (None, info.run_id):
+        asked = [
+            ChatRequest([{"role": "user", "content": row["question"]}], info.system_prompt, adapter)
+            for row in held
+        ]
+        answers = [stream.read().text for stream in chat.stream_many(asked, params)]
+        hits[adapter] = [row["name"] in answer for row, answer in zip(held, answers, strict=True)]
+    return {
+        "persona_hit_rate": share(hits[info.run_id]),
+        "persona_base_hit_rate": share(hits[None]),
+        "persona_hit_rate_target": 0.9,
+        "persona_train_s": round(trained_s, 1),
+        "persona_check": info.check.sentence if info.check else None,
+    }
+
+
 def plain(
     settings: Settings, chat: ChatModel, kb: KnowledgeBase, items: list[EvalItem], tokens: int
 ) -> tuple[list[bool], list[bool]]:
@@ -176,6 +222,7 @@ def main() -> None:
     training = questions("dev" if args.set == "test" else "test")
     adapter, raft_figures = raft_adapter(settings, kb, training, items, args.quick)
     found = ours(settings, chat, kb, items, args.tokens, adapter)
+    persona_figures = persona(settings, chat, args.quick)
     peer, peer_hits = plain(settings, chat, kb, items, args.tokens)
     hits, right = found["hits"], found["right"]
     assert peer_hits == hits  # the plain prompt read the same passages as ours
@@ -195,6 +242,7 @@ def main() -> None:
                     when(right["rag"], hits) / max(when(peer, hits), 0.01), 2
                 ),
                 "ours_over_plain_prompt_target": 2.0,
+                **persona_figures,
                 **raft_figures,
                 "hybrid_minus_rag_points": round(
                     100 * (share(right["hybrid"]) - share(right["rag"])), 1

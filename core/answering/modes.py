@@ -121,22 +121,27 @@ def reading_message(question: str, sentences: Sequence[Sentence]) -> str:
     return "\n".join(lines) + f"\n\nQuestion: {question}\n{RAG_ANSWER}"
 
 
-def rag_messages(
-    question: str, sentences: Sequence[Sentence], examples: bool = True
-) -> list[Message]:
+def rag_messages(question: str, sentences: Sequence[Sentence]) -> list[Message]:
     """The worked examples, then the question with its sentences; the question as it is when
-    nothing was found. An adapter trained to read (core.training.raft) learned the form and
-    reads without the examples."""
+    nothing was found."""
     if not sentences:
         return [{"role": "user", "content": question}]
     shown: list[Message] = []
-    for texts, asked, answer in READING_EXAMPLES if examples else ():
+    for texts, asked, answer in READING_EXAMPLES:
         example = [Sentence(text, number) for text, number in texts]
         shown += [
             {"role": "user", "content": reading_message(asked, example)},
             {"role": "assistant", "content": answer},
         ]
     return [*shown, {"role": "user", "content": reading_message(question, sentences)}]
+
+
+def asked_question(content: str) -> str:
+    """The question of a user message: as asked, or taken out of a reading modes' message
+    (a training row of an adapter trained to read, core.training.raft)."""
+    if not is_reading(content):
+        return content
+    return content.removesuffix(RAG_ANSWER).rstrip().rsplit("\n\nQuestion: ", 1)[-1].strip()
 
 
 def is_reading(content: str) -> bool:

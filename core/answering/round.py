@@ -103,7 +103,6 @@ def prepare(
         system_prompt,
         adapter.run_id if adapter is not None else None,
         adapter.system_prompt if adapter is not None else None,
-        adapter is not None and adapter.reads_documents,
     )
     return round_
 
@@ -116,21 +115,18 @@ def requests(
     system_prompt: str,
     adapter: str | None = None,
     adapter_system_prompt: str | None = None,
-    adapter_reads_documents: bool = False,
 ) -> dict[str, ChatRequest]:
     """What each mode is asked: its own history, then the question (for the reading modes,
     after worked examples and with the sentences that answer it, core.answering.reading). The
     tuned modes get the instructions the adapter was trained under (it answers best with them);
-    the others get the studio's; an adapter trained to read documents (RAFT) reads without the
-    worked examples. Without `adapter`, the tuned modes are left out."""
+    the others get the studio's. Without `adapter`, the tuned modes are left out."""
     built = {}
     for key in modes:
         mode = MODES[key]
         if mode.uses_adapter and adapter is None:
             continue
-        trained_to_read = mode.uses_adapter and adapter_reads_documents
         asked = (
-            rag_messages(question, sentences, examples=not trained_to_read)
+            rag_messages(question, sentences)
             if mode.uses_passages
             else [{"role": "user", "content": question}]
         )

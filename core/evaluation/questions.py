@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.answering.modes import asked_question
 from core.errors import InvalidInputError, StudioError
 from core.evaluation.metrics import normalise
 from core.knowledge.retrieve import Passage
@@ -139,6 +140,7 @@ def from_rows(rows: Sequence[dict[str, Any]]) -> EvalSet:
 # -- from a fine-tune run ----------------------------------------------------------------------
 def _last_turns(messages: Sequence[dict[str, str]]) -> tuple[str, str]:
     question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    question = asked_question(question)  # a row that reads passages: its question alone
     answer = next((m["content"] for m in reversed(messages) if m["role"] == "assistant"), "")
     return question, answer
 

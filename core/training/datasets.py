@@ -52,7 +52,7 @@ class Problem:
 
 
 # The shape of training rows built from a knowledge base (core.training.raft): an adapter trained
-# on them reads documents, and the hybrid mode asks it without worked examples.
+# on them reads documents (the pages say so).
 DOCUMENTS_SHAPE = "documents"
 
 

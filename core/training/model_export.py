@@ -19,6 +19,7 @@ The results are two zip files in the run folder's `export/`, made once per adapt
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import tempfile
@@ -82,29 +83,33 @@ def exported(settings: Settings, run_id: str) -> Exported:
 def gguf_support(settings: Settings) -> str:
     """Why the base model cannot be written as GGUF here, in one sentence ("" when it can)."""
     folder = prepare_model(settings.base_model, settings)
+    return _gguf_support(str(folder), _source_gguf(settings) is not None)
+
+
+@functools.lru_cache(maxsize=8)
+def _gguf_support(folder: str, from_gguf: bool) -> str:
+    """`gguf_support` for a prepared model folder (each adapter card asks on every page run)."""
+    convert = " Download the merged model and convert it with llama.cpp's convert_hf_to_gguf.py."
     try:
-        config = json.loads((folder / "config.json").read_text())
+        config = json.loads((Path(folder) / "config.json").read_text())
     except (OSError, ValueError):
         config = {}
     if config.get("model_type") != "llama":
         kind = config.get("model_type") or "unknown"
         return (
-            f"A GGUF file is made for Llama-architecture models (like the default SmolLM2); this "
-            f"model is '{kind}'. Download the merged model and convert it with llama.cpp's "
-            "convert_hf_to_gguf.py."
+            "A GGUF file is made for Llama-architecture models (like the default SmolLM2); "
+            f"this model is '{kind}'." + convert
         )
     rope = config.get("rope_scaling") or config.get("rope_parameters") or {}
     if rope.get("rope_type", "default") != "default":
         return (
             "This model stretches its context with rope scaling, which the studio's GGUF export "
-            "does not write. Download the merged model and convert it with llama.cpp's "
-            "convert_hf_to_gguf.py."
+            "does not write." + convert
         )
-    if _source_gguf(settings) is None and _bpe_problem(folder):
+    if not from_gguf and _bpe_problem(Path(folder)):
         return (
             "This model's tokenizer is not a byte-level BPE tokenizer, which the studio's GGUF "
-            "export needs. Download the merged model and convert it with llama.cpp's "
-            "convert_hf_to_gguf.py."
+            "export needs." + convert
         )
     return ""
 

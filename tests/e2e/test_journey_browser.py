@@ -114,7 +114,21 @@ def test_the_whole_journey_of_a_new_user(page, fresh_real_data_dir, tmp_path: Pa
         card = page.get_by_text("Captain Lumen", exact=True).last
         card.wait_for(timeout=30_000)
         card.scroll_into_view_if_needed()
+        # the after-training check: one sentence on held-out examples, both answers beside it
+        page.get_by_text(re.compile(r"^On \d+ held-out examples?, the tuned model")).first.wait_for(
+            timeout=30_000
+        )
         screenshot(page, "65-journey-adapter")
+        no_error_on(page)
+
+        # 6b. The tuned model taken out: merged weights, and GGUF with an Ollama Modelfile.
+        page.get_by_text("Take it out of the studio").first.click()
+        page.get_by_role("button", name="Make the files").click()
+        page.get_by_role("button", name=re.compile(r"GGUF \+ Modelfile \(\.zip\)")).wait_for(
+            timeout=180_000
+        )
+        assert page.get_by_role("button", name=re.compile(r"Merged model \(\.zip\)")).count() == 1
+        screenshot(page, "65b-journey-take-away")
         no_error_on(page)
 
         # 7. The arena: four answers, RAG and hybrid with their sources.

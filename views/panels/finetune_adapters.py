@@ -94,8 +94,8 @@ def adapter_card(settings: Settings, adapter: adapters.AdapterInfo) -> None:
             st.caption(markdown_escape(adapter.incompatibility))
         if adapter.reads_documents:
             st.caption(
-                "Trained to read your documents: in the Arena and on Evaluate, its Fine-tuned + "
-                "RAG answers read the passages without worked examples."
+                "Trained to read your documents: pick it in the Arena or on Evaluate, and its "
+                "Fine-tuned + RAG answers read the passages with it."
             )
         check_panel(adapter.check, compact=True)
         with st.expander("Loss curve", icon=":material/show_chart:"):

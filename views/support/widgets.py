@@ -162,7 +162,9 @@ def adapter_picker(
     return container.selectbox(
         "Adapter",
         list(by_id),
-        format_func=lambda run_id: by_id[run_id].name,
+        format_func=lambda run_id: (
+            by_id[run_id].name + (" · reads documents" if by_id[run_id].reads_documents else "")
+        ),
         key=key,
         on_change=on_change,
         help=help,

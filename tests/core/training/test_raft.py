@@ -1,6 +1,6 @@
 """Training rows that teach the model to use the documents (RAFT): the right passage's sentence
 holds the answer, the distractors never do, held-out questions never become rows, and an
-adapter trained on them reads without the worked examples."""
+adapter trained on them is marked as reading documents."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from core.answering import round as question_round
 from core.answering.conversations import Conversation
 from core.answering.modes import RAG_ANSWER, READING_EXAMPLES
 from core.evaluation.metrics import contains, normalise
-from core.evaluation.questions import EvalItem
+from core.evaluation.questions import EvalItem, held_out_items
 from core.knowledge.ingest import ChunkSettings, UploadedFile, ingest
 from core.training import adapters, jobs, raft, worker
 from core.training.datasets import DOCUMENTS_SHAPE
@@ -51,7 +51,9 @@ def kb(knowledge):
 
 
 def test_the_oracle_holds_the_answer_and_the_distractors_never_do(kb) -> None:
-    built = raft.build(kb, QUESTIONS * 3, top_k=10, seed=1)  # every passage of this small base
+    built = raft.build(
+        kb, QUESTIONS * 3, top_k=10, seed=1, without_oracle=0.3
+    )  # every passage of this small base
     assert built.skipped == 3  # the logo question, three times: nothing retrieved says it
     assert len(built.rows) == 24
     for row in built.rows:
@@ -98,6 +100,10 @@ def test_an_adapter_trained_on_rows_reads_without_the_worked_examples(settings, 
     assert worker.run(run_dir) == "completed"
     info = adapters.get(settings, run_dir.name)
     assert info.reads_documents
+    # Evaluate's "held-out examples" of this adapter are the questions, not the reading rows.
+    held_out = held_out_items(settings, run_dir.name)
+    assert held_out and all(not i.question.endswith(RAG_ANSWER) for i in held_out)
+    assert {i.question for i in held_out} <= {r.question for r in built.rows}
 
     sentences = question_round.prepare(
         QUESTIONS[0].question, ["rag"], system_prompt="", kb=kb
@@ -110,10 +116,10 @@ def test_an_adapter_trained_on_rows_reads_without_the_worked_examples(settings, 
         "Be brief.",
         info.run_id,
         info.system_prompt,
-        info.reads_documents,
     )
     first_example = READING_EXAMPLES[0][1]
     assert any(first_example in m["content"] for m in asked["rag"].messages)
-    assert len(asked["hybrid"].messages) == 1  # the question with its sentences, no examples
-    assert asked["hybrid"].messages[0]["content"].endswith(RAG_ANSWER)
+    # The hybrid reads what RAG reads: the rows' form, after the worked examples.
+    assert asked["hybrid"].messages == asked["rag"].messages
+    assert asked["hybrid"].adapter == info.run_id and asked["rag"].adapter is None
     assert asked["tuned"].messages == [{"role": "user", "content": QUESTIONS[0].question}]
