@@ -104,10 +104,9 @@ def choose_documents(settings: Settings) -> None:
     )
     st.caption(
         "Each training row is a question with the sentences retrieval finds for it: the one "
-        "that answers and others that do not, so the model learns to pick the right one and "
-        "cite it; some rows lack the answering sentence, so it also learns the facts "
-        "themselves. Use this adapter in the Arena or on Evaluate: its Fine-tuned + RAG answers "
-        "read your documents."
+        "that answers and others that do not, so the model learns to pick the right one, copy "
+        "its fact and cite it. Use this adapter in the Arena or on Evaluate: its Fine-tuned + "
+        "RAG answers read your documents with it."
     )
     if not st.button("Build the training rows", key="ft_raft_build", icon=":material/build:"):
         return

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
 from core.evaluation.metrics import token_f1
 
 MOST_EXAMPLES = 8  # held-out examples asked: enough to see the change, a few seconds on a CPU
@@ -75,7 +77,8 @@ def _words(text: str) -> set[str]:
 
 def signature(answers: Sequence[str], questions: Sequence[str], base: Sequence[str]) -> list[str]:
     """The words the examples' answers keep saying that neither their questions nor the base
-    model's answers do, most frequent first (as written in the answers)."""
+    model's answers do, and that are not everyday English ("can", "here"), most frequent first
+    (as written in the answers)."""
     if not answers:
         return []
     in_answers = Counter(w for a in answers for w in _words(a))
@@ -89,6 +92,7 @@ def signature(answers: Sequence[str], questions: Sequence[str], base: Sequence[s
         w
         for w, count in in_answers.most_common()
         if count / len(answers) >= SIGNATURE_SHARE
+        and w not in ENGLISH_STOP_WORDS
         and in_questions[w] / max(1, len(questions)) <= QUESTION_SHARE
         and in_base[w] / max(1, len(base)) <= BASE_SHARE
     ]

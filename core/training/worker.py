@@ -339,10 +339,12 @@ def _answers(model: Any, tokenizer: Any, prompts: list[list[Message]]) -> list[s
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
         )
-    return [
-        tokenizer.decode(row[batch["input_ids"].shape[1] :], skip_special_tokens=True).strip()
-        for row in out
-    ]
+    answers = []
+    for row in out[:, batch["input_ids"].shape[1] :].tolist():
+        text = tokenizer.decode(row, skip_special_tokens=True).strip()
+        cut = tokenizer.eos_token_id not in row and len(row) >= CHECK_TOKENS
+        answers.append(text + " …" if cut and text else text)
+    return answers
 
 
 def _row(example: Example) -> dict[str, list[int]]:

@@ -96,7 +96,7 @@ def test_the_whole_journey_of_a_new_user(page, fresh_real_data_dir, tmp_path: Pa
         screenshot(page, "62-journey-search")
         no_error_on(page)
 
-        # 4. A small dataset, 5. the quick preset, 6. the adapter appears.
+        # 4. A small dataset, 5. the default preset (Balanced), 6. the adapter appears.
         page.goto(f"{url}/finetune")
         page.get_by_role("button", name="Try with an example").wait_for(timeout=120_000)
         page.locator("input[type=file]").set_input_files(str(tmp_path / "lumen.jsonl"))

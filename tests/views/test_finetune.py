@@ -44,7 +44,7 @@ def test_empty_page_explains_the_data_and_offers_an_example(page) -> None:
     preview = page.code[0].value
     assert "<|im_start|>assistant" in preview and "Captain Lumen" in preview
     presets = page.radio(key="ft_preset")
-    assert presets.value == "quick" and presets.format_func("quick") == "Quick try"
+    assert presets.value == "balanced" and presets.format_func("quick") == "Quick try"
     # the estimate is in the caption: a label that changed with the data would lose the choice
     assert presets.proto.captions[0].startswith("About ")
     assert not page.button(key="ft_start").disabled

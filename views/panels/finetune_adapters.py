@@ -161,7 +161,7 @@ def take_away(settings: Settings, adapter: adapters.AdapterInfo) -> None:
         except StudioError as error:
             st.error(markdown_escape(error), icon=":material/error:")
             return
-        made = model_export.exported(settings, key)
+        st.rerun()  # the downloads in place of the button and the progress bar
     merged_column, gguf_column = st.columns(2)
     slug = _file_stem(adapter.name)
     if made.merged_zip is not None:

@@ -53,13 +53,13 @@ def init_state(settings: Settings) -> None:
         "ft_data": None,  # {"name", "data", "source"} of the dataset being prepared
         "ft_upload_round": 0,
         "ft_teach": "examples",  # what the next adapter learns: "examples" or "documents"
-        "ft_preset": "quick",
+        "ft_preset": "balanced",  # the one-click choice: it makes a persona take (issue 20)
         "ft_system_prompt": settings.system_prompt,
         "ft_run_id": None,  # the run started in this session
         "ft_watching": None,  # the run whose end this session waits for, to show its adapter
         "kb_select_next": None,  # a knowledge base just created: chosen on the next run
         "access_granted": False,  # the studio's password was given in this session
-        **{f"ft_{name}": value for name, value in asdict(PRESETS["quick"].config).items()},
+        **{f"ft_{name}": value for name, value in asdict(PRESETS["balanced"].config).items()},
     }
     for key, value in defaults.items():
         st.session_state.setdefault(key, value)
