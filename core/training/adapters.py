@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 
 from core import files
 from core.errors import InvalidInputError, ModelNotAvailableError
@@ -64,6 +71,15 @@ class AdapterMeta(BaseModel):
     train_loss: list[list[float]] = Field(default_factory=list)
     eval_loss: list[list[float]] = Field(default_factory=list)
     check: CheckRecord | None = None
+
+    @field_validator("check", mode="wrap")
+    @classmethod
+    def _check_or_none(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """A check that does not read back is left out; the adapter itself stays usable."""
+        try:
+            return handler(value)
+        except ValidationError:
+            return None
 
 
 def read_meta(path: Path) -> AdapterMeta | None:

@@ -284,7 +284,7 @@ def preflight(examples: list[Example], config: TrainConfig) -> Preflight:
     if usable and steps < FEW_STEPS:
         warnings.append(
             f"{steps} learning steps may be too few to change the model: on a persona set of 90 "
-            f"examples, the default model needed about {FEW_STEPS} to take on a new name. Fine "
+            "examples, 27 steps did not teach the default model its new name and 96 did. Fine "
             "for a first look; to make it stick, choose Balanced or raise 'Fewest learning "
             "steps' in Advanced."
         )

@@ -67,3 +67,16 @@ def test_the_worker_checks_the_held_out_examples_and_keeps_the_result(settings) 
     assert found.expected.startswith("The capital of France is Paris.")
     assert found.tuned_answer != found.base_answer  # the adapter is on for one, off for the other
     assert found.sentence.startswith(f"On {found.examples} held-out example")
+
+
+def test_a_check_that_does_not_read_back_leaves_the_adapter_usable(settings) -> None:
+    import json
+
+    from core.training import run_folder
+
+    run_id = trained(settings, "Damaged check")
+    path = adapters.get(settings, run_id).folder / run_folder.METADATA_FILE
+    meta = json.loads(path.read_text())
+    path.write_text(json.dumps({**meta, "check": {"examples": -1, "tuned": "many"}}))
+    info = adapters.get(settings, run_id)
+    assert info.name == "Damaged check" and info.check is None

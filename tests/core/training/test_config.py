@@ -101,6 +101,7 @@ def test_a_run_unlikely_to_change_the_model_is_said_plainly(tokenizer) -> None:
     rows = examples(tokenizer, 120)
     quick = " ".join(preflight(rows, PRESETS["quick"].config).warnings)
     assert "32 learning steps may be too few to change the model" in quick
+    assert "27 steps did not teach the default model its new name and 96 did" in quick
     for key in ("balanced", "thorough"):
         assert preflight(rows, PRESETS[key].config).warnings == []
     slow = preflight(rows, TrainConfig(learning_rate=2e-5, min_steps=96)).warnings
