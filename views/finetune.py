@@ -110,13 +110,14 @@ def choose_documents(settings: Settings) -> None:
     )
     if not st.button("Build the training rows", key="ft_raft_build", icon=":material/build:"):
         return
-    items = []
+    items, problems = [], []
     if upload is not None:
         try:
-            items = parse_eval_set(upload.name, upload.getvalue()).items
+            found = parse_eval_set(upload.name, upload.getvalue())
         except StudioError as error:
             st.error(markdown_escape(error), icon=":material/error:")
             return
+        items, problems = found.items, [str(p) for p in found.problems[:5]]
     with st.spinner("Finding the answering sentences of every question…"):
         try:
             kb = store.open(str(kb_name))
@@ -136,6 +137,7 @@ def choose_documents(settings: Settings) -> None:
         "data": raft.jsonl(built.rows),
         "source": "documents",
         "skipped": built.skipped,
+        "problems": problems,
     }
     st.session_state["ft_upload_round"] += 1
     st.rerun()
@@ -200,6 +202,12 @@ def read_dataset() -> tuple[Dataset, str] | None:
         return None
     if chosen["source"] == "documents":
         dataset = replace(dataset, shape=DOCUMENTS_SHAPE)
+        if chosen.get("problems"):
+            st.warning(
+                "Some of your questions were left out:\n\n"
+                + "\n".join(f"- {markdown_escape(p)}" for p in chosen["problems"]),
+                icon=":material/warning:",
+            )
         if chosen.get("skipped"):
             st.caption(
                 f"{plural(chosen['skipped'], 'question')} left out: the passages found for "

@@ -203,9 +203,18 @@ def test_the_model_can_be_taught_to_use_a_knowledge_base(open_page, fake_search)
     list(ingest(kb, [UploadedFile("handbook.txt", handbook.encode())], ChunkSettings(80, 0)))
     page.run()
     assert "1. Your documents" in texts(page.subheader)
+    asked = (
+        b'{"question": "How many days of paid leave do new employees get?", "reference": "27"}\n'
+        b'{"question": "", "reference": "EUR 58"}\n'
+    )
+    page.file_uploader(key="ft_raft_questions_0").set_value(
+        [("questions.jsonl", asked, "application/octet-stream")]
+    ).run()
     page.button(key="ft_raft_build").click().run()
     assert not page.exception
     assert "questions that read your documents" in texts(page.success)
+    assert "Some of your questions were left out" in texts(page.warning)
+    assert "Line 2" in texts(page.warning)
     page.number_input(key="ft_batch_size").set_value(2).run()
     assert not page.error, texts(page.error)
     page.button(key="ft_start").click().run()
