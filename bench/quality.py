@@ -9,7 +9,7 @@ numbers, names, dates and codes. `dev` is the set the studio's reading prompt wa
 Measured in one run on the same knowledge base, retrieval and model (the embedded default,
 greedy):
 - ours: the Evaluate page's runner in all four modes (core.answering.reading and .modes), the
-  fine-tuned modes with an adapter trained "to use your documents" (core.training.raft) on the
+  fine-tuned modes with an adapter trained "to use your documents" (core.answering.raft) on the
   other question set and the documents' own facts, never on a measured question;
 - plain: the same retrieved passages stuffed into LangChain's standard RAG prompt (the one of
   the `rlm/rag-prompt` hub entry that its tutorials use), on the same model;
@@ -38,8 +38,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from core.answering import raft  # noqa: E402
 from core.evaluation import runner  # noqa: E402 - after the path is set
-from core.evaluation.metrics import contains, score  # noqa: E402
+from core.evaluation.metrics import score  # noqa: E402
 from core.evaluation.questions import EvalItem, parse_eval_set  # noqa: E402
 from core.evaluation.recommend import recommend  # noqa: E402
 from core.knowledge.ingest import ChunkSettings, UploadedFile, ingest  # noqa: E402
@@ -49,7 +50,8 @@ from core.model.chat import ChatModel, ChatRequest, SamplingParams  # noqa: E402
 from core.model.loading import load_chat_model, load_embeddings  # noqa: E402
 from core.model.local import HFChatModel  # noqa: E402
 from core.settings import Settings, load_settings  # noqa: E402
-from core.training import adapters, jobs, raft, worker  # noqa: E402
+from core.text_match import contains  # noqa: E402
+from core.training import adapters, jobs, worker  # noqa: E402
 from core.training.config import PRESETS, TrainConfig  # noqa: E402
 from core.training.datasets import parse_dataset  # noqa: E402
 
@@ -110,7 +112,10 @@ def raft_adapter(
     built = raft.training_rows(kb, training, held_out=[item.question for item in held_out])
     rows = built.rows[:12] if quick else built.rows
     config = (
-        TrainConfig(epochs=1, batch_size=4, max_length=256) if quick else PRESETS["balanced"].config
+        # The quick mode's tiny tokenizer spells words out: reading rows take many tokens.
+        TrainConfig(epochs=1, batch_size=4, max_length=1024)
+        if quick
+        else PRESETS["balanced"].config
     )
     run_dir = jobs.create(
         settings,

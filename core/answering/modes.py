@@ -138,7 +138,7 @@ def rag_messages(question: str, sentences: Sequence[Sentence]) -> list[Message]:
 
 def asked_question(content: str) -> str:
     """The question of a user message: as asked, or taken out of a reading modes' message
-    (a training row of an adapter trained to read, core.training.raft)."""
+    (a training row of an adapter trained to read, core.answering.raft)."""
     if not is_reading(content):
         return content
     return content.removesuffix(RAG_ANSWER).rstrip().rsplit("\n\nQuestion: ", 1)[-1].strip()

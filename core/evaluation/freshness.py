@@ -21,13 +21,13 @@ from typing import Any
 from core.answering.modes import MODES
 from core.errors import InvalidInputError
 from core.evaluation import runner
-from core.evaluation.metrics import contains
 from core.evaluation.questions import EvalItem
 from core.evaluation.results import Report
 from core.knowledge.chroma import drop_collection
 from core.knowledge.store import KnowledgeBase
 from core.model.chat import ChatModel
 from core.settings import Settings, check_writable
+from core.text_match import contains
 
 
 @dataclass

@@ -12,11 +12,11 @@ from typing import Any
 
 from core.answering.modes import asked_question
 from core.errors import InvalidInputError, StudioError
-from core.evaluation.metrics import normalise
 from core.knowledge.retrieve import Passage
 from core.knowledge.store import KnowledgeBase
 from core.model.chat import ChatModel, ChatRequest, SamplingParams
 from core.settings import Settings
+from core.text_match import normalise
 from core.training import run_folder
 from core.training.config import split
 from core.training.datasets import Problem, decode_text, read_rows

@@ -11,9 +11,10 @@ from typing import Any
 
 from core.answering.conversations import ModeAnswer
 from core.answering.modes import MODES
-from core.evaluation.metrics import Interval, bootstrap_mean, contains, score
+from core.evaluation.metrics import Interval, bootstrap_mean, score
 from core.evaluation.questions import EvalItem
 from core.ids import check_id, new_id
+from core.text_match import contains
 from core.typed import parse
 
 # key -> (short mark for tables, plain sentence)

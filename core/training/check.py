@@ -20,7 +20,7 @@ from typing import Any
 
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-from core.evaluation.metrics import token_f1
+from core.text_match import token_f1
 
 MOST_EXAMPLES = 8  # held-out examples asked: enough to see the change, a few seconds on a CPU
 SIGNATURE_SHARE = 0.3  # a word in at least this share of the examples' answers ...

@@ -51,7 +51,7 @@ class Problem:
         return f"Line {self.line}: {self.message}"
 
 
-# The shape of training rows built from a knowledge base (core.training.raft): an adapter trained
+# The shape of training rows built from a knowledge base (core.answering.raft): an adapter trained
 # on them reads documents (the pages say so).
 DOCUMENTS_SHAPE = "documents"
 

@@ -2,15 +2,8 @@
 
 import pytest
 
-from core.evaluation.metrics import (
-    bootstrap_mean,
-    contains,
-    exact_match,
-    normalise,
-    paired_difference,
-    score,
-    token_f1,
-)
+from core.evaluation.metrics import bootstrap_mean, paired_difference, score
+from core.text_match import contains, exact_match, normalise, token_f1
 
 
 @pytest.mark.parametrize(

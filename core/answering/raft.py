@@ -26,13 +26,13 @@ import random
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from core.answering.modes import reading_message
 from core.answering.reading import Sentence, select, sentences
-from core.evaluation.metrics import contains, normalise
-from core.evaluation.questions import EvalItem
 from core.knowledge.retrieve import search
 from core.knowledge.store import KnowledgeBase
+from core.text_match import contains, normalise
 from core.training.datasets import DOCUMENTS_SHAPE, Dataset, parse_dataset
 
 # RAFT's share of rows whose sentences lack the answer (its 1 - P). Measured with
@@ -69,6 +69,32 @@ QUESTION_VARIANTS = 2  # rows per question of the user's set: their shape is the
 _MIN_WORDS = 6  # a shorter sentence gives no question worth asking
 
 
+class Question(Protocol):
+    """A question with its reference answer (the Evaluate page's EvalItem is one)."""
+
+    @property
+    def question(self) -> str: ...
+
+    @property
+    def reference(self) -> str: ...
+
+    @property
+    def answers(self) -> list[str]: ...  # every answer that counts as right, reference first
+
+
+@dataclass(frozen=True)
+class Fact:
+    """A question the knowledge base asks of itself: a sentence with its fact left blank."""
+
+    question: str
+    reference: str
+    origin: str = ""  # the file it came from
+
+    @property
+    def answers(self) -> list[str]:
+        return [self.reference]
+
+
 @dataclass(frozen=True)
 class Row:
     """One training row: what the model reads, and what it should answer."""
@@ -91,11 +117,11 @@ class Rows:
         return {normalise(r.question) for r in self.rows}
 
 
-def fact_questions(kb: KnowledgeBase, limit: int = MAX_FACTS, seed: int = 0) -> list[EvalItem]:
+def fact_questions(kb: KnowledgeBase, limit: int = MAX_FACTS, seed: int = 0) -> list[Fact]:
     """Questions from the knowledge base alone: each sentence that states a fact, with the fact
     left blank, asks for it."""
     got = kb.collection.get(include=["documents", "metadatas"], limit=MAX_SCANNED)
-    found: list[EvalItem] = []
+    found: list[Fact] = []
     seen: set[str] = set()
     for text, meta in zip(got["documents"] or [], got["metadatas"] or [], strict=False):
         origin = str((meta or {}).get("source", ""))
@@ -107,9 +133,7 @@ def fact_questions(kb: KnowledgeBase, limit: int = MAX_FACTS, seed: int = 0) -> 
             for match in list(_FACT.finditer(sentence))[:_PER_SENTENCE]:
                 blank = f"{sentence[: match.start()]}___{sentence[match.end() :]}"
                 found.append(
-                    EvalItem(
-                        f'What goes in the blank? "{blank}"', match.group(0).strip(), origin=origin
-                    )
+                    Fact(f'What goes in the blank? "{blank}"', match.group(0).strip(), origin)
                 )
     random.Random(seed).shuffle(found)  # noqa: S311 - a reproducible mix, not a secret
     return found[:limit]
@@ -117,7 +141,7 @@ def fact_questions(kb: KnowledgeBase, limit: int = MAX_FACTS, seed: int = 0) -> 
 
 def build(
     kb: KnowledgeBase,
-    items: Sequence[EvalItem],
+    items: Sequence[Question],
     *,
     held_out: Iterable[str] = (),
     top_k: int = 4,
@@ -142,7 +166,7 @@ def build(
 
 def training_rows(
     kb: KnowledgeBase,
-    questions: Sequence[EvalItem] = (),
+    questions: Sequence[Question] = (),
     *,
     held_out: Iterable[str] = (),
     top_k: int = 4,
@@ -157,7 +181,7 @@ def training_rows(
 
 
 def _row(
-    kb: KnowledgeBase, item: EvalItem, top_k: int, rng: random.Random, without_oracle: float
+    kb: KnowledgeBase, item: Question, top_k: int, rng: random.Random, without_oracle: float
 ) -> Row | None:
     accepted = item.answers
     passages = search(kb, item.question, top_k).passages

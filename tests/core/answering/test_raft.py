@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import pytest
 
+from core.answering import raft
 from core.answering import round as question_round
 from core.answering.conversations import Conversation
 from core.answering.modes import RAG_ANSWER, READING_EXAMPLES
-from core.evaluation.metrics import contains, normalise
 from core.evaluation.questions import EvalItem, held_out_items
 from core.knowledge.ingest import ChunkSettings, UploadedFile, ingest
-from core.training import adapters, jobs, raft, worker
+from core.text_match import contains, normalise
+from core.training import adapters, jobs, worker
 from core.training.datasets import DOCUMENTS_SHAPE
 from tests.support.training import QUICK
 
