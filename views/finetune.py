@@ -276,9 +276,9 @@ def main() -> None:
     settings = resources.get_settings()
     st.title("Fine-tune")
     st.caption(
-        "Teach the model a behaviour from examples: a tone, an answer format, a persona. The "
-        "base model is not changed; what it learns is kept as a small LoRA adapter that you can "
-        "switch on."
+        "Teach the model a behaviour from examples (a tone, an answer format, a persona), or to "
+        "answer from your documents. The base model is not changed; what it learns is kept as a "
+        "small LoRA adapter that you can switch on."
     )
     finetune_run.show_training(settings)
     finished = adapters.list_adapters(settings)

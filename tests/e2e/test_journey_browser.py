@@ -96,7 +96,7 @@ def test_the_whole_journey_of_a_new_user(page, fresh_real_data_dir, tmp_path: Pa
         screenshot(page, "62-journey-search")
         no_error_on(page)
 
-        # 4. A small dataset, 5. the default preset (Balanced), 6. the adapter appears.
+        # 4. A small dataset, 5. the quick preset, 6. the adapter appears.
         page.goto(f"{url}/finetune")
         page.get_by_role("button", name="Try with an example").wait_for(timeout=120_000)
         page.locator("input[type=file]").set_input_files(str(tmp_path / "lumen.jsonl"))
@@ -105,6 +105,9 @@ def test_the_whole_journey_of_a_new_user(page, fresh_real_data_dir, tmp_path: Pa
         )
         # the preset's estimated duration, once the speed probe has measured this machine
         page.get_by_text(re.compile(r"^About \d.*\. A short run")).wait_for(timeout=120_000)
+        # Quick try (Balanced is the default): the journey checks the way through, in less time
+        page.get_by_text("Quick try", exact=True).click()
+        page.get_by_text("32 learning steps may be too few").wait_for(timeout=30_000)
         screenshot(page, "63-journey-dataset")
         page.get_by_label("Adapter name").fill("Captain Lumen")
         page.get_by_role("button", name="Start training").click()
