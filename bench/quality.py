@@ -53,7 +53,7 @@ from core.settings import Settings, load_settings  # noqa: E402
 from core.text_match import contains  # noqa: E402
 from core.training import adapters, jobs, worker  # noqa: E402
 from core.training.config import PRESETS, TrainConfig  # noqa: E402
-from core.training.datasets import parse_dataset  # noqa: E402
+from core.training.datasets import Dataset, parse_dataset  # noqa: E402
 
 DATA = ROOT / "bench" / "data" / "quality"
 PERSONA = ROOT / "bench" / "data" / "persona"
@@ -99,6 +99,26 @@ def ours(
     return {"hits": hits, "right": right, "recommendation": verdict}
 
 
+def train(settings: Settings, data: Dataset, name: str, quick: bool, quick_length: int) -> str:
+    """An adapter trained with Balanced, as the Fine-tune page's one click does (quick: one
+    pass of the tiny model); its run id."""
+    config = (
+        TrainConfig(epochs=1, batch_size=4, max_length=quick_length)
+        if quick
+        else PRESETS["balanced"].config
+    )
+    run_dir = jobs.create(
+        settings,
+        data,
+        config,
+        name=name,
+        preset="custom" if quick else "balanced",
+        system_prompt=settings.system_prompt,
+    )
+    assert worker.run(run_dir) == "completed", (run_dir / "train.log").read_text()[-2000:]
+    return run_dir.name
+
+
 def raft_adapter(
     settings: Settings,
     kb: KnowledgeBase,
@@ -111,22 +131,9 @@ def raft_adapter(
     started = time.perf_counter()
     built = raft.training_rows(kb, training, held_out=[item.question for item in held_out])
     rows = built.rows[:12] if quick else built.rows
-    config = (
-        # The quick mode's tiny tokenizer spells words out: reading rows take many tokens.
-        TrainConfig(epochs=1, batch_size=4, max_length=1024)
-        if quick
-        else PRESETS["balanced"].config
-    )
-    run_dir = jobs.create(
-        settings,
-        raft.dataset(rows, "raft"),
-        config,
-        name="Reads the documents",
-        preset="custom" if quick else "balanced",
-        system_prompt=settings.system_prompt,
-    )
-    assert worker.run(run_dir) == "completed", (run_dir / "train.log").read_text()[-2000:]
-    return run_dir.name, {
+    # The quick mode's tiny tokenizer spells words out: reading rows take many tokens.
+    run_id = train(settings, raft.dataset(rows, "raft"), "Reads the documents", quick, 1024)
+    return run_id, {
         "raft_rows": len(rows),
         "raft_rows_from_questions": built.from_questions,
         "raft_skipped": built.skipped,
@@ -139,20 +146,9 @@ def persona(settings: Settings, chat: ChatModel, quick: bool) -> dict:
     Tallis Robotics) trained with Balanced; how many of ten unseen questions get the name."""
     started = time.perf_counter()
     data = parse_dataset("persona.jsonl", (PERSONA / "train.jsonl").read_bytes())
-    config = (
-        TrainConfig(epochs=1, batch_size=4, max_length=128) if quick else PRESETS["balanced"].config
-    )
-    run_dir = jobs.create(
-        settings,
-        data,
-        config,
-        name="Orin",
-        preset="custom" if quick else "balanced",
-        system_prompt=settings.system_prompt,
-    )
-    assert worker.run(run_dir) == "completed", (run_dir / "train.log").read_text()[-2000:]
+    run_id = train(settings, data, "Orin", quick, 128)
     trained_s = time.perf_counter() - started
-    info = adapters.attach(chat, settings, run_dir.name)
+    info = adapters.attach(chat, settings, run_id)
     lines = (PERSONA / "heldout.jsonl").read_text().splitlines()
     held = [json.loads(line) for line in lines if line.strip()][: 3 if quick else None]
     params = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=32)

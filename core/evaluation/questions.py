@@ -14,12 +14,12 @@ from core.answering.modes import asked_question
 from core.errors import InvalidInputError, StudioError
 from core.knowledge.retrieve import Passage
 from core.knowledge.store import KnowledgeBase
-from core.model.chat import ChatModel, ChatRequest, SamplingParams
+from core.model.chat import ChatModel, ChatRequest, Message, SamplingParams
 from core.settings import Settings
 from core.text_match import normalise
 from core.training import run_folder
 from core.training.config import split
-from core.training.datasets import Problem, decode_text, read_rows
+from core.training.datasets import Problem, decode_text, last_turns, read_rows
 from core.training.jobs import run_path
 
 MAX_QUESTIONS = 500
@@ -138,11 +138,9 @@ def from_rows(rows: Sequence[dict[str, Any]]) -> EvalSet:
 
 
 # -- from a fine-tune run ----------------------------------------------------------------------
-def _last_turns(messages: Sequence[dict[str, str]]) -> tuple[str, str]:
-    question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-    question = asked_question(question)  # a row that reads passages: its question alone
-    answer = next((m["content"] for m in reversed(messages) if m["role"] == "assistant"), "")
-    return question, answer
+def _last_turns(messages: Sequence[Message]) -> tuple[str, str]:
+    question, answer = last_turns(messages)
+    return asked_question(question), answer  # a row that reads passages: its question alone
 
 
 def _run_split(settings: Settings, run_id: str) -> tuple[list[list[dict[str, str]]], list[int]]:

@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -49,6 +50,13 @@ class Problem:
 
     def __str__(self) -> str:
         return f"Line {self.line}: {self.message}"
+
+
+def last_turns(messages: Sequence[Message]) -> tuple[str, str]:
+    """An example's last question and last answer ("" where it has none)."""
+    question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    answer = next((m["content"] for m in reversed(messages) if m["role"] == "assistant"), "")
+    return question, answer
 
 
 # The shape of training rows built from a knowledge base (core.answering.raft): an adapter trained

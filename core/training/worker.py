@@ -57,6 +57,7 @@ from core.training.config import (
     total_steps,
     with_system_prompt,
 )
+from core.training.datasets import last_turns
 from core.training.dropout import speed_up_lora_dropout
 from core.training.progress import Progress, log, rank, world
 
@@ -295,9 +296,6 @@ def _check(
     if not held_out:
         return None
 
-    def last(messages: list[Message], role: str) -> str:
-        return next((m["content"] for m in reversed(messages) if m["role"] == role), "")
-
     prompts = []
     for messages in held_out:
         cut = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
@@ -306,15 +304,11 @@ def _check(
     tuned = _answers(model, tokenizer, prompts)
     with model.disable_adapter():
         base = _answers(model, tokenizer, prompts)
-    trained = [examples[i] for i in train_index]
-    found = check.compare(
-        [last(m, "user") for m in held_out],
-        [last(m, "assistant") for m in held_out],
-        base,
-        tuned,
-        [last(m, "assistant") for m in trained],
-        [last(m, "user") for m in trained],
+    asked, expected = zip(*(last_turns(m) for m in held_out), strict=True)
+    trained_questions, trained_answers = zip(
+        *(last_turns(examples[i]) for i in train_index), strict=True
     )
+    found = check.compare(asked, expected, base, tuned, trained_answers, trained_questions)
     if found is not None:
         log(found.sentence)
     return found

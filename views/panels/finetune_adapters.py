@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from pathlib import Path
 
@@ -163,14 +162,13 @@ def take_away(settings: Settings, adapter: adapters.AdapterInfo) -> None:
             return
         st.rerun()  # the downloads in place of the button and the progress bar
     merged_column, gguf_column = st.columns(2)
-    slug = _file_stem(adapter.name)
     if made.merged_zip is not None:
         _download_file(
-            merged_column, "Merged model (.zip)", made.merged_zip, f"{slug}-merged.zip", key
+            merged_column, "Merged model (.zip)", made.merged_zip, f"merged-model-{key}.zip", key
         )
     if made.gguf_zip is not None:
         _download_file(
-            gguf_column, "GGUF + Modelfile (.zip)", made.gguf_zip, f"{slug}-gguf.zip", key
+            gguf_column, "GGUF + Modelfile (.zip)", made.gguf_zip, f"gguf-{key}.zip", key
         )
     elif problem:
         gguf_column.info(markdown_escape(problem), icon=":material/info:")
@@ -188,9 +186,3 @@ def _download_file(column, label: str, path: Path, file_name: str, key: str) -> 
         on_click="ignore",
         width="stretch",
     )
-
-
-def _file_stem(name: str) -> str:
-    """A download name from the adapter's name: letters, digits and dashes only."""
-    stem = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()[:40]
-    return stem or "tuned-model"
