@@ -157,10 +157,11 @@ def build(
     for item in items:
         if normalise(item.question) in keep_out:
             continue
-        made = (_row(kb, item, top_k, rng, without_oracle) for _ in range(variants))
-        rows = [row for row in made if row is not None]
-        built.rows += rows
-        built.skipped += not rows
+        found = _found(kb, item, top_k)  # searched once, however many variants
+        if found is None:
+            built.skipped += 1
+            continue
+        built.rows += [_row(item, *found, rng, without_oracle) for _ in range(variants)]
     return built
 
 
@@ -180,9 +181,12 @@ def training_rows(
     return Rows(asked.rows + facts.rows, asked.skipped + facts.skipped, len(asked.rows))
 
 
-def _row(
-    kb: KnowledgeBase, item: Question, top_k: int, rng: random.Random, without_oracle: float
-) -> Row | None:
+def _found(
+    kb: KnowledgeBase, item: Question, top_k: int
+) -> tuple[Sentence, list[Sentence], list[Sentence]] | None:
+    """What retrieval finds for `item`: the sentence that answers it, the selected sentences
+    that do not, and the other sentences of the passages found that do not; None when no
+    passage found holds the answer."""
     accepted = item.answers
     passages = search(kb, item.question, top_k).passages
     if not passages:
@@ -201,8 +205,22 @@ def _row(
     oracle = answering[-1]  # the selection puts its best last
     distractors = [s for s in chosen if not contains(s.text, accepted)]
     others = [s for s in every if not contains(s.text, accepted) and s not in distractors]
+    return oracle, distractors, others
+
+
+def _row(
+    item: Question,
+    oracle: Sentence,
+    selected: list[Sentence],
+    others: list[Sentence],
+    rng: random.Random,
+    without_oracle: float,
+) -> Row:
+    """One row: the oracle among distractors (the selected ones first), in a random order."""
+    accepted = item.answers
+    others = others[:]
     rng.shuffle(others)
-    distractors = (distractors + others)[: SHOWN - 1]
+    distractors = (selected + others)[: SHOWN - 1]
     if rng.random() < without_oracle and distractors:
         shown = list(distractors)
         rng.shuffle(shown)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import json
-import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -44,7 +43,6 @@ GGUF_NAME = "model.gguf"
 MODELFILE = "Modelfile"
 Quantization = Literal["q8_0", "f16", "f32"]
 MergedDtype = Literal["bfloat16", "float32"]
-_QUANT_BLOCK = 32  # Q8_0 quantizes rows in blocks of 32 weights
 
 
 @dataclass(frozen=True)
@@ -258,11 +256,12 @@ def write_gguf(
             f"The merged model lacks the weight '{missing[0]}' of the GGUF file."
         )
     ordered = order or list(weights)
+    q8_block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0]  # weights per block
     for index, gguf_name in enumerate(ordered):
         array = weights.pop(gguf_name)
         if array.ndim == 1 or quantization == "f32":
             writer.add_tensor(gguf_name, array.astype(np.float32))
-        elif quantization == "f16" or array.shape[-1] % _QUANT_BLOCK:
+        elif quantization == "f16" or array.shape[-1] % q8_block:
             writer.add_tensor(gguf_name, array.astype(np.float16))
         else:
             quantized = gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0)
@@ -428,8 +427,3 @@ def _zip(paths: list[Path], target: Path) -> None:
             )
             archive.write(path, arcname=path.name, compress_type=compress)
     staging.replace(target)
-
-
-def remove(settings: Settings, run_id: str) -> None:
-    """Delete the export files of an adapter (they are made again on request)."""
-    shutil.rmtree(export_dir(settings, run_id), ignore_errors=True)
