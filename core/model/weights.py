@@ -172,12 +172,14 @@ def _is_decoder_weight(model: Any, name: str) -> bool:
 ROWS_AT_ONCE = 4096
 
 
-def _as_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _as_int4(
+    weight: torch.Tensor, lossless: bool = True
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The int4 packing of `weight` when it loses nothing: every group of 32 is min + k * step
-    for k in 0..15 (within bfloat16's rounding); else None."""
+    for k in 0..15 (within bfloat16's rounding); else None. With `lossless` off, rounded."""
     codes, steps, lows = [], [], []
     for part in weight.split(ROWS_AT_ONCE):
-        found = _four_bit_levels(part)
+        found = _four_bit_levels(part, lossless)
         if found is None:
             return None
         codes.append(found[0])
@@ -191,10 +193,23 @@ def _as_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     return packed, scales_and_zeros.to(torch.bfloat16)
 
 
+def rounded_int4(weight: torch.Tensor) -> Packed | None:
+    """`weight` rounded to 16 levels per group of 32 (llama.cpp's Q4_1), for a first pass whose
+    best candidates are scored again exactly (core.model.llama_step's output head); None where
+    the kernel does not fit its shape."""
+    out_features, in_features = weight.shape
+    if in_features % GROUP or out_features % 16:
+        return None
+    packed = _as_int4(weight, lossless=False)
+    assert packed is not None  # rounding always succeeds
+    return Packed("int4", weight, *packed)
+
+
 def _four_bit_levels(
-    weight: torch.Tensor,
+    weight: torch.Tensor, lossless: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """(codes [rows, in] int32, step and min [rows, groups, 1]) of rows that are 4-bit, or None."""
+    """(codes [rows, in] int32, step and min [rows, groups, 1]) of rows that are 4-bit, or None;
+    with `lossless` off, every row rounded to its group's 16 levels."""
     out_features, in_features = weight.shape
     groups = weight.float().reshape(out_features, in_features // GROUP, GROUP)
     low, high = groups.amin(dim=-1, keepdim=True), groups.amax(dim=-1, keepdim=True)
@@ -207,7 +222,7 @@ def _four_bit_levels(
     # rounding of random weights to 16 levels is off by up to step / 2, about 0.13 of their
     # spread, against the 0.016 allowed here).
     tolerance = (low.abs() + high.abs() + groups.abs()) * 2**-8 + 1e-12
-    if bool((error > tolerance).any()):
+    if lossless and bool((error > tolerance).any()):
         return None
     return levels.to(torch.int32).reshape(out_features, in_features), step, low
 

@@ -7,7 +7,7 @@ import torch
 
 from core.model import decode, weights
 from core.model.decode import BASE, Row
-from core.model.llama_step import LlamaStep
+from core.model.llama_step import LlamaStep, RescoredHead
 from core.model.loading import load_chat_model
 from core.model.local import HFChatModel
 from core.training import adapters
@@ -148,9 +148,30 @@ def test_the_default_model_shape_is_packed_and_described(bf16) -> None:
     chat, _ = bf16
     info = chat.decoding.info
     assert isinstance(chat.decoding.step, LlamaStep)
-    # Two layers of four fused matrices, all 4-bit; the output head (the embeddings) is not.
-    assert (info.int4, info.int8, info.full) == (8, 1, 0)
-    assert info.text == "int4 + int8"
+    # Two layers of four fused matrices, all 4-bit; the output head (8-bit) gets a 4-bit first
+    # pass, its best candidates scored exactly.
+    assert (info.int4, info.int8, info.full) == (9, 0, 0)
+    assert info.text == "int4"
+    assert isinstance(chat.decoding.step.head, RescoredHead)
+    assert weights.prepare(chat.loaded.model, "int8").info.text == "int8"  # as the setting says
+
+
+def test_the_output_heads_best_candidates_are_scored_exactly(bf16) -> None:
+    chat, _ = bf16
+    head = chat.decoding.step.head
+    weight = chat.loaded.model.lm_head.weight
+    torch.manual_seed(0)
+    x = torch.nn.functional.rms_norm(torch.randn(32, weight.shape[1]), (weight.shape[1],))
+    x = x.to(torch.bfloat16)
+    exact = torch.nn.functional.linear(x, weight).float()
+    first = head.first.mm(x).float()
+    scores = head.mm(x).float()
+    rows = torch.arange(len(x))
+    best = exact.argmax(-1)
+    assert torch.equal(scores[rows, best], exact[rows, best])  # the best was a candidate
+    assert torch.equal(scores.argmax(-1), best)
+    assert not torch.equal(first, exact)  # the first pass alone is rounded
+    assert (first - exact).abs().max() < 0.1 * exact.abs().max()  # but close everywhere
 
 
 # -- the answers -----------------------------------------------------------------------------------
@@ -237,8 +258,8 @@ def test_the_default_model_decodes_int4_with_the_reference_tokens(
     run_id = copy_run(real_persona_run, settings.data_dir)
     adapters.attach(chat, settings, run_id)
     info = chat.decoding.info
-    # The GGUF file's 4-bit weights as they are, its 8-bit output head as int8.
-    assert (info.int4, info.int8, info.full) == (120, 1, 0)
+    # The GGUF file's 4-bit weights as they are; its 8-bit output head's first pass in int4.
+    assert (info.int4, info.int8, info.full) == (121, 0, 0)
     agreed = agreement(chat, run_id, chat.decoding)
     print(f"token agreement with the bfloat16 reference: {agreed:.3f}")
     assert agreed >= 0.95  # (the real-model tests' questions go through this path too)
