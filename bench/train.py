@@ -161,6 +161,7 @@ def run_ours(dataset_path: Path, config: TrainConfig) -> dict:
     with tempfile.TemporaryDirectory() as data_dir:
         settings = settings.model_copy(update={"data_dir": Path(data_dir)})
         run_dir = jobs.create(settings, dataset, config, system_prompt=settings.system_prompt)
+        worker.background()  # as the studio starts it: its priority, its share of the cores
         assert worker.run(run_dir) == "completed", (run_dir / "status.json").read_text()
         meta = json.loads((run_dir / ADAPTER_DIR / METADATA_FILE).read_text())
         status = json.loads((run_dir / "status.json").read_text())

@@ -8,27 +8,21 @@ matmul from one thread, 84 us once a second thread had used torch; decoding fell
 34 tokens/s. Streamlit runs each page run in a new thread, so the studio sends model loading and
 generation to this single long-lived thread instead.
 
-The studio also shares the machine: OpenMP's thread team waits for all of its threads between
-kernels, so when another process keeps a core busy, every kernel waits for the thread the kernel
-scheduler put off. Measured here (2 cores, the default model, a second torch process computing
-beside it): decoding fell from 13.3 to 2.3 tokens/s (5.8x) with both cores, and only from 8.4 to
-7.9 with one. Before each job this thread looks at how many cores other processes kept busy
-since the last look (`/proc/stat`, less this process's own time) and uses the cores left, so a
-second process slows the studio down in proportion, not many times over.
+The studio also shares the machine: before each job this thread takes the cores that other
+processes left free (core.cores).
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import queue
 import sys
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
+
+from core import cores
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -67,54 +61,7 @@ _thread = threading.Thread(target=_work, name="torch", daemon=False)
 _thread.start()
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _machine_busy_s() -> float | None:
-    """CPU seconds all processes have spent busy since boot; None where /proc/stat is missing."""
-    try:
-        with Path("/proc/stat").open() as stat:
-            fields = [int(n) for n in stat.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle and waiting for the disk
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-class _Share:
-    """How many cores other processes kept busy between two looks, and the threads left us."""
-
-    MIN_WINDOW_S = 0.25  # looks closer together than this keep the last answer
-
-    def __init__(self) -> None:
-        self.cores = _cores()
-        self.threads = self.cores
-        self._last = self._sample()
-
-    @staticmethod
-    def _sample() -> tuple[float, float | None, float]:
-        own = os.times()
-        return time.monotonic(), _machine_busy_s(), own.user + own.system
-
-    def others_busy(self) -> float | None:
-        """Cores busy with other processes since the last look (None: too soon, or unknown)."""
-        now = self._sample()
-        wall = now[0] - self._last[0]
-        if wall < self.MIN_WINDOW_S or now[1] is None or self._last[1] is None:
-            return None
-        busy = (now[1] - self._last[1]) - (now[2] - self._last[2])
-        self._last = now
-        return max(0.0, busy / wall)
-
-    def threads_now(self) -> int:
-        others = self.others_busy()
-        if others is not None:
-            self.threads = max(1, min(self.cores, round(self.cores - others)))
-        return self.threads
-
-
-_share = _Share()
+_share = cores.Share()
 
 
 def _with_fair_threads(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

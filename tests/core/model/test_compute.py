@@ -10,26 +10,27 @@ import time
 import pytest
 import torch
 
+from core import cores
 from core.model import compute
 
 WAIT_S = 30
 
 
-def threads_until(share: compute._Share, wanted, timeout_s: float = WAIT_S) -> int:  # type: ignore[no-untyped-def]
+def threads_until(share: cores.Share, wanted, timeout_s: float = WAIT_S) -> int:  # type: ignore[no-untyped-def]
     """Look again and again (each look covers the time since the last) until `wanted(threads)`."""
     deadline = time.monotonic() + timeout_s
     threads = share.threads_now()
     while not wanted(threads) and time.monotonic() < deadline:
-        time.sleep(compute._Share.MIN_WINDOW_S)
+        time.sleep(cores.Share.MIN_WINDOW_S)
         threads = share.threads_now()
     return threads
 
 
-@pytest.mark.skipif(compute._cores() < 2, reason="one core: there is nothing to give up")
+@pytest.mark.skipif(cores.count() < 2, reason="one core: there is nothing to give up")
 def test_a_busy_process_beside_the_studio_takes_cores_from_its_jobs_and_gives_them_back(
     monkeypatch,
 ) -> None:  # type: ignore[no-untyped-def]
-    share = compute._Share()
+    share = cores.Share()
     monkeypatch.setattr(compute, "_share", share)  # the torch thread's jobs follow this one
     assert share.threads_now() == share.cores  # a quiet machine: every core
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
@@ -46,6 +47,6 @@ def test_a_busy_process_beside_the_studio_takes_cores_from_its_jobs_and_gives_th
 
 
 def test_without_proc_stat_the_threads_stay_as_they_are(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(compute, "_machine_busy_s", lambda: None)
-    share = compute._Share()
+    monkeypatch.setattr(cores, "machine_busy_s", lambda: None)
+    share = cores.Share()
     assert threads_until(share, lambda threads: False, timeout_s=1) == share.cores
