@@ -223,6 +223,12 @@ def test_the_model_can_be_taught_to_use_a_knowledge_base(open_page, fake_search)
     assert run is not None
     assert json.loads((run.folder / "config.json").read_text())["dataset_shape"] == DOCUMENTS_SHAPE
     wait_for(run.folder, finished)
+    from core.answering.modes import RAG_ANSWER
     from core.training import adapters
 
-    assert adapters.get(load_settings(), run.run_id).reads_documents
+    adapter = adapters.get(load_settings(), run.run_id)
+    assert adapter.reads_documents
+    assert adapter.check is not None and RAG_ANSWER in adapter.check.question
+    page.run()  # the finished run shows its check: the question as asked, not the passages
+    shown = [texts([m]) for m in page.markdown if "Held-out question:" in m.value]
+    assert shown and all(RAG_ANSWER not in m and "Passages" not in m for m in shown), shown

@@ -8,6 +8,7 @@ import contextlib
 import pandas as pd
 import streamlit as st
 
+from core.answering.modes import asked_question
 from core.errors import StudioError
 from core.settings import Settings
 from core.training import adapters, jobs, run_folder
@@ -48,7 +49,10 @@ def check_panel(checked: Check | None, compact: bool = False) -> None:
     with (
         st.expander("A held-out example", icon=":material/compare:") if compact else st.container()
     ):
-        st.markdown(f"**Held-out question:** {markdown_escape(checked.question)}")
+        # An adapter trained to read documents was asked the reading modes' whole message:
+        # the question is its last line.
+        question = asked_question(checked.question)
+        st.markdown(f"**Held-out question:** {markdown_escape(question)}")
         base, tuned = st.columns(2, border=True)
         base.markdown("**Base model**")
         base.markdown(markdown_escape(checked.base_answer) or "*(no answer)*")
