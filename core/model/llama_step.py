@@ -318,7 +318,10 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 def _project(weight: Packed, x: torch.Tensor, deltas: list[_Delta] | None) -> torch.Tensor:
     out = weight.mm(x)
     for delta in deltas or ():
-        rows = x[delta.start : delta.end].float()
-        # In place, rounded once to the output's format (five operations: each costs here).
-        out[delta.start : delta.end].add_(torch.mm(torch.mm(rows, delta.down), delta.up))
+        # In place, rounded once to the output's format; every row of one adapter (one answer,
+        # or a batch of one adapter) needs no slices: each operation costs here.
+        whole = delta.start == 0 and delta.end == x.shape[0]
+        rows = x if whole else x[delta.start : delta.end]
+        target = out if whole else out[delta.start : delta.end]
+        target.add_(torch.mm(torch.mm(rows.float(), delta.down), delta.up))
     return out
