@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 import tomllib
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ from pydantic import BaseModel, Field
 PROJECT_PAGE = "https://pypi.org/pypi/{name}/json"
 ALLOW = Path(__file__).with_name("audit-allow.toml")
 GRACE_DAYS = 30  # how long a superseded pin may stay unchecked before it must be refreshed
+ATTEMPTS = 3  # tries for each project page
 
 
 class Unchecked(BaseModel):
@@ -68,14 +70,25 @@ def allowed(today: date) -> tuple[set[tuple[str, str]], dict[str, set[str]], lis
     return pins, ignores, expired
 
 
+def project_page(name: str) -> dict | None:
+    """PyPI's page of a project, or None when it does not answer after ATTEMPTS tries (a CI run
+    once lost two of 30 pages at once to a passing network fault, and failed)."""
+    for attempt in range(ATTEMPTS):
+        try:
+            with urllib.request.urlopen(PROJECT_PAGE.format(name=name), timeout=20) as reply:  # noqa: S310
+                return json.load(reply)
+        except (OSError, ValueError):
+            if attempt + 1 < ATTEMPTS:
+                time.sleep(2**attempt)  # 1 s, then 2 s: bounded, as every wait
+    return None
+
+
 def latest_release_advisories(dependency: dict, pins: dict[str, str]) -> dict:
     """pip-audit's entry for a pin it skipped, from the project page when the pin is the latest."""
     name = dependency["name"]
     version = pins.get(canonicalize_name(name), "")
-    try:
-        with urllib.request.urlopen(PROJECT_PAGE.format(name=name), timeout=20) as reply:  # noqa: S310
-            page = json.load(reply)
-    except (OSError, ValueError):
+    page = project_page(name)
+    if page is None:
         return dependency
     if not version or page["info"]["version"] != version:
         # An older pin: the page says nothing of its advisories, only when it was superseded.

@@ -85,3 +85,33 @@ def test_a_pin_superseded_lately_is_dated_by_the_first_release_after_it() -> Non
     assert audit._superseded(page, "1.0") == "2026-12-01"
     assert audit._superseded(page, "1.2") == ""  # the latest: superseded by nothing
     assert audit._superseded({"releases": {"x-y": []}}, "1.0") == ""  # unreadable: no date
+
+
+def test_a_project_page_that_fails_once_is_asked_again_and_one_that_never_answers_is_none(
+    monkeypatch,
+) -> None:
+    import io
+    import json
+
+    audit = _audit()
+    monkeypatch.setattr(audit.time, "sleep", lambda seconds: None)  # the backoff, not the point
+    calls: list[str] = []
+
+    def flaky(url, timeout):  # type: ignore[no-untyped-def]
+        calls.append(url)
+        if len(calls) == 1:
+            raise OSError("connection reset")
+        return io.BytesIO(json.dumps({"info": {"version": "1.1.0"}}).encode())
+
+    monkeypatch.setattr(audit.urllib.request, "urlopen", flaky)
+    assert audit.project_page("langchain-chroma") == {"info": {"version": "1.1.0"}}
+    assert len(calls) == 2
+
+    def down(url, timeout):  # type: ignore[no-untyped-def]
+        calls.append(url)
+        raise OSError("no route to host")
+
+    calls.clear()
+    monkeypatch.setattr(audit.urllib.request, "urlopen", down)
+    assert audit.project_page("langchain-chroma") is None
+    assert len(calls) == audit.ATTEMPTS
