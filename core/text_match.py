@@ -18,9 +18,13 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 def normalise(text: str) -> str:
     """Lower case, no punctuation, no articles, single spaces ("The 45-day period." -> "45 day
-    period")."""
+    period"); a currency sign is a word of its own ("£60" -> "£ 60", which contains "60")."""
     text = "".join(
-        " " if c in string.punctuation or unicodedata.category(c).startswith("P") else c
+        " "
+        if c in string.punctuation or unicodedata.category(c).startswith("P")
+        else f" {c} "
+        if unicodedata.category(c) == "Sc"
+        else c
         for c in unicodedata.normalize("NFKC", text).casefold()
     )
     return " ".join(_ARTICLES.sub(" ", text).split())

@@ -72,6 +72,11 @@ def available(keys: Iterable[str], has_adapter: bool, has_knowledge: bool) -> li
 # passages and a request to cite them: RAG right on 29% of the questions whose answer was found;
 # this way: see the note in bench/quality.py.
 RAG_ANSWER = "Answer in one short sentence, with the exact words and numbers of the text."
+# Where a reading answer ends if the model goes on (measured with bench/quality.py on the dev
+# set: a quarter of the wrong answers went on): at a blank line or a question of its own making
+# ("\n\nQuestion: How many..."), and at a third passage number in a row ("EUR 42 [1] [2] [3]
+# [4] ..." until the answer's length ran out), keeping the first.
+READING_ENDS = re.compile(r"\n\s*\n|\n\s*Question\s*:|(?<=\])(?:\s*\[\d+\]){2,}")
 # Each example's sentences carry passage numbers as a real question's do (the answering one
 # last), and the answers cite the number beside the sentence they use: with the same number in
 # every example, the model cited it whatever it read.

@@ -28,7 +28,13 @@ MIN_CHARS = 16  # shorter pieces (headings, list markers) are no sentence to ans
 MARGIN = 0.05  # in cosine similarity: sentences this close to the best are kept too
 MOST = 3
 KEYWORD_WEIGHT = 0.3  # share of the question's words a sentence contains, added to its score
-_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+# A full stop that ends a title or an abbreviation, not a sentence ("Dr. Tomasz Wierzbicki": cut
+# there, the sentence naming the lab's safety officer lost the name in the dev set).
+_ABBREVIATION = re.compile(
+    r"(?:^|[\s(])(?:[A-Z]|Dr|Mr|Mrs|Ms|Prof|Rev|St|Mt|No|Nr|Fig|Jr|Sr|Inc|Ltd|Co|vs|approx|ca|"
+    r"e\.g|i\.e|cf)\.$"
+)
 _CACHED = 4096  # sentence vectors kept: the same passages come back for related questions
 
 
@@ -39,8 +45,20 @@ class Sentence:
 
 
 def sentences(text: str) -> list[str]:
-    """`text` cut into sentences and lines; a passage with none long enough stays whole."""
-    pieces = [piece.strip(" \t#*->") for piece in _SPLIT.split(text)]
+    """`text` cut into sentences and lines, without its Markdown headings (a document's or a
+    section's title names what follows and answers nothing; in the dev set a title sharing the
+    question's words won over the sentence that answered); a passage with none long enough stays
+    whole."""
+    pieces: list[str] = []
+    for line in text.splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        for part in _SENTENCE_END.split(line):
+            if pieces and pieces[-1] and _ABBREVIATION.search(pieces[-1]):
+                pieces[-1] = f"{pieces[-1]} {part}"
+            else:
+                pieces.append(part)
+    pieces = [piece.strip(" \t#*->") for piece in pieces]
     found = [piece for piece in pieces if len(piece) >= MIN_CHARS]
     return found or ([" ".join(text.split())] if text.strip() else [])
 

@@ -16,7 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from core.answering.conversations import Conversation, Exchange, ModeAnswer, passage_dicts
-from core.answering.modes import MODES, NO_PASSAGES, UNAVAILABLE, missing, rag_messages
+from core.answering.modes import (
+    MODES,
+    NO_PASSAGES,
+    READING_ENDS,
+    UNAVAILABLE,
+    missing,
+    rag_messages,
+)
 from core.answering.reading import Sentence, select
 from core.errors import StudioError
 from core.knowledge.retrieve import Passage, search
@@ -135,6 +142,7 @@ def requests(
             [*examples, *conversation.history(key), last],
             adapter_system_prompt if mode.uses_adapter and adapter_system_prompt else system_prompt,
             adapter if mode.uses_adapter else None,
+            READING_ENDS if examples else None,
         )
     return built
 

@@ -5,6 +5,7 @@ arriving as a stream with honest timings, and the `ChatModel` protocol that the 
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -80,11 +81,13 @@ class Timings:
 @dataclass(frozen=True)
 class ChatRequest:
     """One conversation to answer; `adapter` names an adapter loaded into the model, or None
-    for the base model."""
+    for the base model; `ends`: where the answer ends, if it goes on (the text from its first
+    match on is left out and generation stops there)."""
 
     messages: Sequence[Message]
     system_prompt: str = ""
     adapter: str | None = None
+    ends: re.Pattern[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -101,8 +104,9 @@ class ChatStream:
     `notices` (for example that a long message was cut) are known before the first piece.
     Closing the stream early stops the generation behind it, and so does an answer that begins
     repeating itself (core.model.loops): whatever the engine, it ends there, cut back to its first
-    time round, and says so in its notices. With a `source` (the streamer the model writes into),
-    token counts and times come from the generating side's own clock.
+    time round, and says so in its notices. An answer that reaches its request's `ends` stops
+    there too, the match and all after it left out. With a `source` (the streamer the model
+    writes into), token counts and times come from the generating side's own clock.
     """
 
     def __init__(
@@ -115,8 +119,10 @@ class ChatStream:
         source: StreamSource | None = None,
         cancel: Callable[[], None] | None = None,
         wait: Callable[[], None] | None = None,
+        ends: re.Pattern[str] | None = None,
     ) -> None:
         self._pieces = pieces
+        self._ends = ends
         self._start = time.perf_counter()
         self._first: float | None = None
         self._source = source
@@ -142,6 +148,11 @@ class ChatStream:
                 if self._first is None:
                     self._first = time.perf_counter()
                 self._seen += 1
+                kept = self._before_end(piece)
+                if kept is not None:
+                    if kept:
+                        yield kept
+                    break
                 self._texts.append(piece)
                 yield piece
                 self._tail = (self._tail + piece)[-loops.TAIL :]
@@ -151,6 +162,24 @@ class ChatStream:
         finally:
             if not self._done:
                 self.close()
+
+    def _before_end(self, piece: str) -> str | None:
+        """None while the answer goes on; where `piece` takes it to its end, the part of the
+        piece before the end (kept in the answer). An end before any text does not count."""
+        if self._ends is None:
+            return None
+        text = "".join(self._texts) + piece
+        start = len(text) - len(text.lstrip())
+        found = self._ends.search(text, start)
+        if found is None or not text[: found.start()].strip():
+            return None
+        offset, cut = len(text) - len(piece), found.start()
+        if cut < offset:  # the end began in a piece already passed on: the answer is cut back
+            self._texts = [text[:cut]]
+            return ""
+        kept = piece[: cut - offset]
+        self._texts.append(kept)
+        return kept
 
     def ready(self) -> bool:
         """Whether the next piece (or the end) is there, so that reading it will not wait."""

@@ -177,6 +177,7 @@ class HFChatModel(OneOfMany):
                     source=streamer,
                     cancel=row.cancel.set,
                     wait=_waiter(row),
+                    ends=request.ends,
                 )
             )
         self.engine.submit(rows)

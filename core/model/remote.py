@@ -176,6 +176,7 @@ class RemoteChatModel(OneOfMany):
                     source=answer,
                     cancel=answer.cancel,
                     wait=answer.wait,
+                    ends=request.ends,
                 )
             )
         return streams

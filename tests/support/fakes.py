@@ -111,6 +111,12 @@ class FakeChatModel(OneOfMany):
             pieces = [word + (" " if i < len(words) - 1 else "") for i, word in enumerate(words)]
             prompt = "\n".join(f"{m['role']}: {m['content']}" for m in request.messages)
             streams.append(
-                ChatStream(iter(pieces), prompt_tokens=7, notices=self.notices, prompt=prompt)
+                ChatStream(
+                    iter(pieces),
+                    prompt_tokens=7,
+                    notices=self.notices,
+                    prompt=prompt,
+                    ends=request.ends,
+                )
             )
         return streams

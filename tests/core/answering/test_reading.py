@@ -65,6 +65,18 @@ def test_passages_are_cut_into_sentences_and_lines() -> None:
     assert sentences("   ") == []
 
 
+def test_a_title_or_abbreviation_does_not_end_a_sentence_and_headings_are_left_out() -> None:
+    text = (
+        "# Helix Lab: Safety Rules\n\nThe lab safety officer is Dr. Tomasz Wierzbicki. "
+        "Spills above 500 ml, e.g. of acids, are reported to J. Smith at once."
+    )
+    assert sentences(text) == [
+        "The lab safety officer is Dr. Tomasz Wierzbicki.",
+        "Spills above 500 ml, e.g. of acids, are reported to J. Smith at once.",
+    ]
+    assert sentences("# A heading alone") == ["# A heading alone"]  # kept whole, as before
+
+
 def test_the_sentence_that_answers_is_read_last_with_its_passage_number() -> None:
     chosen = select("What is the release code?", PASSAGES, WordEmbeddings())
     assert chosen[-1] == Sentence("The release code is BLUE-HARBOR-42.", 2)

@@ -49,6 +49,24 @@ def test_rag_and_hybrid_read_the_sentences_with_citations_base_and_tuned_do_not(
     assert built["base"].system_prompt == built["rag"].system_prompt == "Studio prompt."
 
 
+def test_a_reading_answer_ends_at_a_blank_line_or_a_run_of_passage_numbers() -> None:
+    built = ask_all(Conversation())
+    assert built["base"].ends is None and built["tuned"].ends is None
+    ends = built["rag"].ends
+    assert ends is not None and built["hybrid"].ends is ends
+
+    def cut(text: str) -> str:
+        found = ends.search(text)
+        return text if found is None else text[: found.start()]
+
+    assert cut("It is EUR 42 [1] [2] [3] [4] [5]") == "It is EUR 42 [1]"
+    assert cut("It is EUR 42 [2] [1].") == "It is EUR 42 [2] [1]."  # two sources: kept
+    assert cut("It weighs 7.8 kg [1].\n\nQuestion: How tall is it?") == "It weighs 7.8 kg [1]."
+    assert cut("It is 45 days [1]\nQuestion: And?") == "It is 45 days [1]"
+    nothing_found = question_round.requests(Conversation(), "Hi?", [], ["rag"], "Studio prompt.")
+    assert nothing_found["rag"].ends is None  # the plain question: an answer of any shape
+
+
 def test_without_an_adapter_the_tuned_modes_are_left_out() -> None:
     built = question_round.requests(Conversation(), "Hi?", [], list(MODES), "Studio prompt.")
     assert list(built) == ["base", "rag"]

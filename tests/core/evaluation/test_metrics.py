@@ -14,6 +14,7 @@ from core.text_match import contains, exact_match, normalise, token_f1
         ("“Curly” quotes — and dashes…", "curly quotes and dashes"),
         ("Café \uff21\uff22\uff23", "café abc"),  # full-width letters fold to plain ones
         ("the", ""),
+        ("£60 or €1,500", "£ 60 or € 1 500"),  # a currency sign is a word of its own
     ],
 )
 def test_normalise(text: str, expected: str) -> None:
@@ -44,6 +45,11 @@ def test_containment_needs_whole_words() -> None:
     assert not contains("It costs 145 days", ["45 days"])  # not part of a longer number
     assert not contains("Parisian food", ["Paris"])
     assert not contains("anything", [""])
+
+
+def test_an_amount_written_with_a_currency_sign_contains_its_number() -> None:
+    assert contains("The Alpine Express takes bicycles for £60 each.", ["GBP 60", "60"])
+    assert not contains("The Alpine Express takes bicycles for £600 each.", ["GBP 60", "60"])
 
 
 def test_a_score_is_right_when_it_matches_or_contains_an_accepted_answer() -> None:

@@ -1,6 +1,8 @@
 """The chat-model protocol's types: clean conversations, timings in plain words, and a stream
 that can be read once to its end."""
 
+import re
+
 import pytest
 
 from core.errors import InvalidInputError
@@ -42,3 +44,30 @@ def test_a_stream_gives_its_pieces_then_the_whole_answer() -> None:
     answer = stream.read()
     assert answer.text == "The code is 42."
     assert stream.answer is answer and answer.timings.prompt_tokens == 5
+
+
+ENDS = re.compile(r"\n\s*\n|(?<=\])(?:\s*\[\d+\]){2,}")
+
+
+@pytest.mark.parametrize(
+    ("pieces", "text", "passed_on"),
+    [
+        # The end inside a piece: the part before it is kept and passed on.
+        (["It is ", "EUR 58 [1]\n", "\nQuestion: What", " else?"], "It is EUR 58 [1]", 2),
+        # The end made of several pieces: the answer is cut back to where it began.
+        (["It is EUR 42 [1]", " [2]", " [3]", " [4]"], "It is EUR 42 [1]", 2),
+        # Two citations are no end; an end before any text is none either.
+        (["\n\nIt is ", "EUR 42 [1] [2]."], "It is EUR 42 [1] [2].", 2),
+    ],
+)
+def test_an_answer_stops_where_its_request_says_it_ends(
+    pieces: list[str], text: str, passed_on: int
+) -> None:
+    cancelled: list[bool] = []
+    stream = ChatStream(
+        iter(pieces), prompt_tokens=5, ends=ENDS, cancel=lambda: cancelled.append(True)
+    )
+    shown = list(stream)
+    assert stream.answer is not None and stream.answer.text == text
+    assert len(shown) == passed_on and cancelled == [True]  # generation is stopped there
+    assert not stream.answer.notices  # the format's end, nothing to tell the user
