@@ -23,6 +23,7 @@ from core.answering.modes import (
     UNAVAILABLE,
     missing,
     rag_messages,
+    reading_favour,
 )
 from core.answering.reading import Sentence, select
 from core.errors import StudioError
@@ -143,6 +144,7 @@ def requests(
             adapter_system_prompt if mode.uses_adapter and adapter_system_prompt else system_prompt,
             adapter if mode.uses_adapter else None,
             READING_ENDS if examples else None,
+            reading_favour(sentences) if mode.uses_passages else None,
         )
     return built
 

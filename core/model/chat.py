@@ -79,15 +79,26 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class Favour:
+    """Text whose words an answer should take: every token of it gets `bonus` added to its
+    score (logit) at each step, in every engine (a logit bias)."""
+
+    text: str
+    bonus: float
+
+
+@dataclass(frozen=True)
 class ChatRequest:
     """One conversation to answer; `adapter` names an adapter loaded into the model, or None
     for the base model; `ends`: where the answer ends, if it goes on (the text from its first
-    match on is left out and generation stops there)."""
+    match on is left out and generation stops there); `favour`: text whose words it should
+    take."""
 
     messages: Sequence[Message]
     system_prompt: str = ""
     adapter: str | None = None
     ends: re.Pattern[str] | None = None
+    favour: Favour | None = None
 
 
 @dataclass(frozen=True)

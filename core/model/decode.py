@@ -73,6 +73,9 @@ class Row:
     cancel: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
     new_tokens: int = 0  # tokens emitted so far
+    # Tokens whose scores get `bonus` added at every step (a request's favoured text).
+    favoured: tuple[int, ...] = ()
+    bonus: float = 0.0
     last_token: int = 0
 
     @property
@@ -353,7 +356,13 @@ class Batch:
             self._take(row, token)
 
     def _penalised(self, rows: Sequence[Row], logits: torch.Tensor) -> torch.Tensor:
-        """`logits` ([rows, vocabulary]) with each row's repetition penalty applied."""
+        """`logits` ([rows, vocabulary]) with each row's favoured tokens raised and its
+        repetition penalty applied."""
+        favouring = [(slot, row) for slot, row in enumerate(rows) if row.favoured and row.bonus]
+        if favouring:
+            logits = logits.float().clone()
+            for slot, row in favouring:
+                logits[slot, list(row.favoured)] += row.bonus
         if all(id(row) not in self._seen for row in rows):
             return logits
         logits = logits.float()

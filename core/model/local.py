@@ -166,6 +166,9 @@ class HFChatModel(OneOfMany):
                 sampling=sampling,
                 background=background,
             )
+            if request.favour is not None:
+                row.favoured = self.prompts.favoured(request.favour.text)
+                row.bonus = request.favour.bonus
             streamer.put_prompt(ids)
             rows.append(row)
             streams.append(

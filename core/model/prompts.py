@@ -18,6 +18,13 @@ class PromptBuilder:
         self.tokenizer = tokenizer
         self.context_window = context_window
 
+    def favoured(self, text: str) -> tuple[int, ...]:
+        """The tokens of `text` as the model would write them (a request's `favour`): each word
+        as it stands in the text and, for the first, after a space too."""
+        forms = [text, f" {text}"]
+        found = {t for form in forms for t in self.tokenizer.encode(form, add_special_tokens=False)}
+        return tuple(sorted(found))
+
     def encode(self, messages: Sequence[Message]) -> list[int]:
         tok = self.tokenizer
         if tok.chat_template:

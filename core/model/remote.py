@@ -166,7 +166,15 @@ class RemoteChatModel(OneOfMany):
             ids, notices, max_new = self.prompts.build(
                 request.messages, request.system_prompt, params.max_new_tokens
             )
-            answer = _RemoteAnswer(self, request.adapter or base, ids, max_new, params, seed)
+            bias = (
+                {
+                    str(t): round(request.favour.bonus)
+                    for t in self.prompts.favoured(request.favour.text)
+                }
+                if request.favour is not None
+                else None
+            )
+            answer = _RemoteAnswer(self, request.adapter or base, ids, max_new, params, seed, bias)
             streams.append(
                 ChatStream(
                     iter(answer),
@@ -228,6 +236,7 @@ class _RemoteAnswer:
         max_new: int,
         params: SamplingParams,
         seed: int | None,
+        bias: dict[str, int] | None = None,
     ) -> None:
         self.text_queue: Queue[str | None] = Queue()
         self.first_token_at: float | None = None
@@ -236,6 +245,7 @@ class _RemoteAnswer:
         self.error: BaseException | None = None
         self._engine, self._model, self._ids = engine, model, ids
         self._max_new, self._params, self._seed = max_new, params, seed
+        self._bias = bias  # the request's favoured tokens: OpenAI's `logit_bias` (whole numbers)
         self._cancelled = threading.Event()
         self._response: Any = None
         self._thread = threading.Thread(target=self._run, name="engine-answer", daemon=True)
@@ -251,6 +261,7 @@ class _RemoteAnswer:
             temperature=self._params.temperature,
             top_p=self._params.top_p,
             seed=self._seed,
+            logit_bias=self._bias,
             # Unless the user chose one, the server applies the model's own generation_config
             # (vLLM does); `repetition_penalty` is vLLM's extension of the OpenAI API.
             extra_body=(

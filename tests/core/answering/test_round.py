@@ -63,8 +63,20 @@ def test_a_reading_answer_ends_at_a_blank_line_or_a_run_of_passage_numbers() -> 
     assert cut("It is EUR 42 [2] [1].") == "It is EUR 42 [2] [1]."  # two sources: kept
     assert cut("It weighs 7.8 kg [1].\n\nQuestion: How tall is it?") == "It weighs 7.8 kg [1]."
     assert cut("It is 45 days [1]\nQuestion: And?") == "It is 45 days [1]"
+    assert cut("It takes 25 minutes [1]\nIt takes 25 minutes [1]") == "It takes 25 minutes [1]"
     nothing_found = question_round.requests(Conversation(), "Hi?", [], ["rag"], "Studio prompt.")
     assert nothing_found["rag"].ends is None  # the plain question: an answer of any shape
+
+
+def test_a_reading_answer_favours_the_words_of_the_sentences_it_reads() -> None:
+    built = ask_all(Conversation())
+    assert built["base"].favour is None and built["tuned"].favour is None
+    for key in ("rag", "hybrid"):
+        favour = built[key].favour
+        assert favour is not None and favour.bonus == modes.READING_BONUS > 0
+        assert favour.text == "Refunds are possible within 45 days."  # no passage number
+    nothing_found = question_round.requests(Conversation(), "Hi?", [], ["rag"], "Studio prompt.")
+    assert nothing_found["rag"].favour is None
 
 
 def test_without_an_adapter_the_tuned_modes_are_left_out() -> None:

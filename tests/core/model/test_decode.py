@@ -155,3 +155,27 @@ def test_a_repetition_penalty_follows_transformers_rule(tiny_model_dir) -> None:
     assert alone == reference
     assert without != reference
     assert ours(1.0, 1.5) == [without, reference]  # each row of a batch its own penalty
+
+
+def test_favoured_tokens_get_their_bonus_in_their_own_row_only(tiny_model_dir) -> None:
+    """A row's favoured tokens are raised by its bonus at every step: a large bonus makes the
+    favoured token every pick; a row without favour beside it answers as it does alone."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    prompt = [1, 17, 42, 99, 7]
+
+    def answers(*favours: tuple[tuple[int, ...], float]) -> list[list[int]]:
+        found: list[list[int]] = [[] for _ in favours]
+        rows = [
+            decode.Row(ids=prompt, max_new_tokens=12, emit=tokens.append, favoured=ids, bonus=bonus)
+            for tokens, (ids, bonus) in zip(found, favours, strict=True)
+        ]
+        decode.decode(model, rows, eos_ids=set())
+        return found
+
+    [plain] = answers(((), 0.0))
+    unlikely = next(t for t in range(50, 250) if t not in plain)
+    assert answers(((unlikely,), 1000.0), ((), 0.0)) == [[unlikely] * 12, plain]
+    assert answers(((unlikely,), 0.0)) == [plain]  # no bonus, no change

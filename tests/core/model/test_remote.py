@@ -14,7 +14,7 @@ from core.answering.modes import MODES
 from core.errors import GenerationError, ModelNotAvailableError
 from core.knowledge.store import KnowledgeStore
 from core.model import loading, loops
-from core.model.chat import SamplingParams
+from core.model.chat import ChatRequest, Favour, SamplingParams
 from core.model.remote import RemoteChatModel, server_status
 from core.settings import Settings
 from core.training import adapters
@@ -189,6 +189,20 @@ def test_a_repetition_penalty_is_sent_only_when_the_user_chose_one(studio) -> No
     first, second = server.received
     assert "repetition_penalty" not in first  # the server applies the model's own
     assert second["repetition_penalty"] == 1.2
+
+
+def test_favoured_text_is_sent_as_a_logit_bias_on_its_tokens(studio) -> None:
+    _, _, tokenizer = studio
+    favour = Favour("The code is BLUE-42.", 2.0)
+    with serving() as (url, server):
+        chat = remote(studio, url)
+        chat.stream_many([ChatRequest(ASK, favour=favour)], PARAMS)[0].read()
+        chat.stream_chat(ASK, PARAMS).read()
+    favoured, plain = server.received
+    expected = set(tokenizer.encode(favour.text)) | set(tokenizer.encode(f" {favour.text}"))
+    assert {int(t) for t in favoured["logit_bias"]} == expected
+    assert set(favoured["logit_bias"].values()) == {2}
+    assert not plain.get("logit_bias")
 
 
 def test_an_answer_that_loops_is_stopped_and_marked(studio) -> None:
