@@ -19,15 +19,15 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 def normalise(text: str) -> str:
     """Lower case, no punctuation, no articles, single spaces ("The 45-day period." -> "45 day
     period"); a currency sign is a word of its own ("£60" -> "£ 60", which contains "60")."""
-    text = "".join(
-        " "
-        if c in string.punctuation or unicodedata.category(c).startswith("P")
-        else f" {c} "
-        if unicodedata.category(c) == "Sc"
-        else c
-        for c in unicodedata.normalize("NFKC", text).casefold()
-    )
+    text = "".join(map(_spaced, unicodedata.normalize("NFKC", text).casefold()))
     return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def _spaced(c: str) -> str:
+    kind = unicodedata.category(c)
+    if kind == "Sc":  # a currency sign, "$" included
+        return f" {c} "
+    return " " if c in string.punctuation or kind.startswith("P") else c
 
 
 def exact_match(prediction: str, accepted: Sequence[str]) -> bool:

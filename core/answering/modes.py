@@ -86,11 +86,9 @@ READING_ENDS = re.compile(r"\n|(?<=\])(?:\s*\[\d+\]){2,}")
 READING_BONUS = 2.0
 
 
-def reading_favour(sentences: Sequence[Sentence]) -> Favour | None:
+def reading_favour(sentences: Sequence[Sentence]) -> Favour:
     """What a reading answer should take its words from: the sentences read (without their
-    passage numbers); None when there are none."""
-    if not sentences:
-        return None
+    passage numbers)."""
     return Favour(" ".join(quoted(s.text) for s in sentences), READING_BONUS)
 
 

@@ -54,7 +54,7 @@ def sentences(text: str) -> list[str]:
         if line.lstrip().startswith("#"):
             continue
         for part in _SENTENCE_END.split(line):
-            if pieces and pieces[-1] and _ABBREVIATION.search(pieces[-1]):
+            if pieces and _ABBREVIATION.search(pieces[-1]):
                 pieces[-1] = f"{pieces[-1]} {part}"
             else:
                 pieces.append(part)

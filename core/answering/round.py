@@ -144,7 +144,7 @@ def requests(
             adapter_system_prompt if mode.uses_adapter and adapter_system_prompt else system_prompt,
             adapter if mode.uses_adapter else None,
             READING_ENDS if examples else None,
-            reading_favour(sentences) if mode.uses_passages else None,
+            reading_favour(sentences) if examples else None,
         )
     return built
 

@@ -180,9 +180,8 @@ class ChatStream:
         if self._ends is None:
             return None
         text = "".join(self._texts) + piece
-        start = len(text) - len(text.lstrip())
-        found = self._ends.search(text, start)
-        if found is None or not text[: found.start()].strip():
+        found = self._ends.search(text, len(text) - len(text.lstrip()) + 1)  # after some text
+        if found is None:
             return None
         offset, cut = len(text) - len(piece), found.start()
         if cut < offset:  # the end began in a piece already passed on: the answer is cut back
