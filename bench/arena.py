@@ -22,6 +22,7 @@ token (retrieval included) has its own target, 0.5 s.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -40,7 +41,7 @@ from core.answering.reading import select
 from core.knowledge.ingest import ChunkSettings, UploadedFile, ingest
 from core.knowledge.retrieve import search
 from core.knowledge.store import KnowledgeStore
-from core.model import chat, compute
+from core.model import chat, compute, loops
 from core.model.chat import ChatRequest, SamplingParams
 from core.model.loading import load_chat_model, load_embeddings
 from core.model.local import HFChatModel
@@ -118,8 +119,11 @@ def main() -> None:
         "bench",
         settings.system_prompt,
     )
-    four = list(built.values())
-    one = [built["rag"]]
+    # Every answer runs to full length: no reading answer ends at its line, none stops looping
+    # (the loop check would cut the random adapter's answers short).
+    four = [dataclasses.replace(request, ends=None) for request in built.values()]
+    loops.repeated_tail = lambda text: None
+    one = [four[list(built).index("rag")]]
     params = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=args.tokens)
     chat.engine.eos_ids = set()  # every answer runs to full length
 
@@ -127,6 +131,8 @@ def main() -> None:
         chat.engine.prefixes.clear()  # every round reads its prompts afresh
         start = time.perf_counter()
         answers = [stream.read() for stream in chat.stream_many(requests, params)]
+        short = [a.timings.new_tokens for a in answers if a.timings.new_tokens != args.tokens]
+        assert not short, f"answers of {short} tokens instead of {args.tokens}: unequal work"
         return time.perf_counter() - start, answers
 
     def in_a_row() -> float:
