@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from core.training.config import TrainConfig
-from core.training.dropout import FastDropout
+from core.training.dropout import FastDropout, SharedMask
 from core.training.worker import load_model, with_lora
 
 
@@ -34,6 +34,18 @@ def test_a_new_mask_every_call_and_gradients_through_kept_elements() -> None:
     assert torch.equal(x.grad, first.detach())  # gradient = mask * 1 / (1 - p) = the output
 
 
+def test_layers_reading_one_input_share_its_mask_and_a_new_input_gets_a_new_one() -> None:
+    torch.manual_seed(0)
+    shared = SharedMask()
+    q, k, o = (FastDropout(0.5, shared).train() for _ in range(3))
+    x = torch.ones(64, 32)
+    first = q(x)
+    assert k(x) is first  # k reads what q read: the same mask, drawn once
+    assert not torch.equal(q(x) == 0, first == 0)  # q again: a new mask
+    y = torch.ones(64, 32)
+    assert not torch.equal(o(y) == 0, first == 0)  # another input (equal values): its own
+
+
 def test_identity_when_evaluating_or_p_is_zero() -> None:
     x = torch.randn(16, 8)
     assert FastDropout(0.3).eval()(x) is x
@@ -42,7 +54,9 @@ def test_identity_when_evaluating_or_p_is_zero() -> None:
         FastDropout(1.0)
 
 
-def test_training_models_get_it_in_every_lora_layer(tiny_model_dir: Path) -> None:
+def test_training_models_get_it_in_every_lora_layer(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model = with_lora(
         load_model(str(tiny_model_dir), "float32", "cpu", False), TrainConfig(dropout=0.1)
     )
@@ -51,6 +65,17 @@ def test_training_models_get_it_in_every_lora_layer(tiny_model_dir: Path) -> Non
     assert layers
     assert kinds == {FastDropout}
     assert {layer.lora_dropout["default"].p for layer in layers} == {0.1}
+    # one forward draws one mask per input that LoRA layers read: q, k and v share theirs,
+    # gate and up theirs; o and down have their own
+    draws = []
+    original = FastDropout._drop
+    monkeypatch.setattr(
+        FastDropout, "_drop", lambda self, x: draws.append(self) or original(self, x)
+    )
+    model.train()
+    model(input_ids=torch.tensor([[1, 2, 3, 4]]))
+    decoder_layers = model.config.num_hidden_layers
+    assert len(draws) == 4 * decoder_layers < len(layers) == 7 * decoder_layers
     untouched = with_lora(
         load_model(str(tiny_model_dir), "float32", "cpu", False), TrainConfig(dropout=0.0)
     )
