@@ -15,6 +15,7 @@ about a tenth of a training step, mostly drawing the masks).
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -25,23 +26,27 @@ LEVELS = 1 << 15  # a 16-bit lane holds 15 uniform bits once its sign bit is cle
 
 class SharedMask:
     """The last input dropped out and its result, for the next layer that reads the same input.
-    It holds the input itself: a tensor freed and another made at its address is not the same."""
+    Both are held weakly: the memo keeps no tensor (nor the autograd graph behind it) alive, and
+    an input freed and another made at its address is not the same."""
 
     def __init__(self) -> None:
-        self.input: torch.Tensor | None = None
-        self.output: torch.Tensor | None = None
+        self._input: weakref.ref[torch.Tensor] | None = None
+        self._output: weakref.ref[torch.Tensor] | None = None
         self.users: set[int] = set()  # the layers that took this result
 
     def take(self, layer: FastDropout, x: torch.Tensor) -> torch.Tensor | None:
-        """The result for `x` another layer took, or None (a new input, or a second call of a
-        layer that took it already: a new mask then)."""
-        if x is not self.input or id(layer) in self.users:
+        """The result for `x` another layer took, or None (a new input, a result nobody holds
+        any more, or a second call of a layer that took it already: a new mask then)."""
+        if self._input is None or self._output is None or id(layer) in self.users:
+            return None
+        out = self._output()
+        if self._input() is not x or out is None:
             return None
         self.users.add(id(layer))
-        return self.output
+        return out
 
     def keep(self, layer: FastDropout, x: torch.Tensor, out: torch.Tensor) -> None:
-        self.input, self.output, self.users = x, out, {id(layer)}
+        self._input, self._output, self.users = weakref.ref(x), weakref.ref(out), {id(layer)}
 
 
 class FastDropout(nn.Module):

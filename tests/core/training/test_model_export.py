@@ -116,12 +116,21 @@ def test_eight_bit_gguf_keeps_the_tuned_models_choices(settings, tmp_path) -> No
     ).eval()
     tuned = _tuned(settings, run_id)
     ids = _ids(gguf_folder, gguf_file="model.gguf", local_files_only=True)
-    # Teacher-forced: at each position of the tuned model's own answer, the same next token.
+    # Teacher-forced, at each position of the tuned model's own answer: the file's scores lie
+    # far nearer the tuned model's than the base model's do, and so do its choices. (This tiny
+    # random model's scores are close together: 8-bit rounding flips a near tie now and then,
+    # so no single choice is required to hold.)
     full = torch.cat([ids, torch.tensor([_greedy(tuned, ids)])], dim=1)
+    answer = slice(ids.shape[1] - 1, None)
     with torch.no_grad():
-        mine = from_gguf(full).logits[0, ids.shape[1] - 1 :].argmax(-1)
-        theirs = tuned(input_ids=full).logits[0, ids.shape[1] - 1 :].argmax(-1)
-    assert (mine == theirs).float().mean() >= 0.9
+        mine = from_gguf(full).logits[0, answer]
+        theirs = tuned(input_ids=full).logits[0, answer]
+        with tuned.disable_adapter():
+            base = tuned(input_ids=full).logits[0, answer]
+    assert (mine - theirs).norm() < 0.5 * (base - theirs).norm()
+    agree = (mine.argmax(-1) == theirs.argmax(-1)).float().mean()
+    assert agree >= 0.75
+    assert agree > (base.argmax(-1) == theirs.argmax(-1)).float().mean()
 
 
 def test_a_gguf_source_lends_its_metadata_and_tokenizer(settings, tmp_path) -> None:
