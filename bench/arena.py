@@ -121,9 +121,10 @@ def main() -> None:
     )
     # Every answer runs to full length: no reading answer ends at its line, none stops looping
     # (the loop check would cut the random adapter's answers short).
-    four = [dataclasses.replace(request, ends=None) for request in built.values()]
+    full_length = {mode: dataclasses.replace(r, ends=None) for mode, r in built.items()}
     loops.repeated_tail = lambda text: None
-    one = [four[list(built).index("rag")]]
+    four = list(full_length.values())
+    one = [full_length["rag"]]
     params = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=args.tokens)
     chat.engine.eos_ids = set()  # every answer runs to full length
 

@@ -156,6 +156,7 @@ class HFChatModel(OneOfMany):
         streams, rows = [], []
         for (ids, notices, max_new), request in zip(prompts, requests, strict=True):
             streamer = _CountingStreamer(self.tokenizer)
+            favour = request.favour
             row = decode.Row(
                 ids=ids,
                 max_new_tokens=max_new,
@@ -165,10 +166,9 @@ class HFChatModel(OneOfMany):
                 fail=streamer.fail,
                 sampling=sampling,
                 background=background,
+                favoured=self.prompts.favoured(favour.text) if favour is not None else (),
+                bonus=favour.bonus if favour is not None else 0.0,
             )
-            if request.favour is not None:
-                row.favoured = self.prompts.favoured(request.favour.text)
-                row.bonus = request.favour.bonus
             streamer.put_prompt(ids)
             rows.append(row)
             streams.append(

@@ -30,23 +30,21 @@ class SharedMask:
     an input freed and another made at its address is not the same."""
 
     def __init__(self) -> None:
-        self._input: weakref.ref[torch.Tensor] | None = None
-        self._output: weakref.ref[torch.Tensor] | None = None
-        self.users: set[int] = set()  # the layers that took this result
+        self._last: tuple[weakref.ref[torch.Tensor], weakref.ref[torch.Tensor]] | None = None
+        self.users: set[int] = set()  # the layers that took the last result
 
     def take(self, layer: FastDropout, x: torch.Tensor) -> torch.Tensor | None:
         """The result for `x` another layer took, or None (a new input, a result nobody holds
         any more, or a second call of a layer that took it already: a new mask then)."""
-        if self._input is None or self._output is None or id(layer) in self.users:
+        if self._last is None or id(layer) in self.users or self._last[0]() is not x:
             return None
-        out = self._output()
-        if self._input() is not x or out is None:
-            return None
-        self.users.add(id(layer))
+        out = self._last[1]()
+        if out is not None:
+            self.users.add(id(layer))
         return out
 
     def keep(self, layer: FastDropout, x: torch.Tensor, out: torch.Tensor) -> None:
-        self._input, self._output, self.users = weakref.ref(x), weakref.ref(out), {id(layer)}
+        self._last, self.users = (weakref.ref(x), weakref.ref(out)), {id(layer)}
 
 
 class FastDropout(nn.Module):

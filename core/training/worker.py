@@ -271,7 +271,11 @@ def _train(
     log(f"training on {len(train_rows)} examples: {steps} steps on {spec.device}, bf16 {bf16}")
     started = time.time()
     trainer.train(resume_from_checkpoint=checkpoint)
-    _leave_together()
+    # Several processes leave their group together, through the Trainer's accelerator: one that
+    # left alone closed its links while the first still held them open, and the first could die
+    # before it saved the adapter ("terminate called without an active exception").
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
     if progress.cancelled:
         status.update(state="cancelled", message="Cancelled: no adapter was kept")
         return "cancelled"
@@ -286,15 +290,6 @@ def _train(
     status.update(state="completed", message="Finished", eta_s=0.0, finished=time.time())
     log("finished")
     return "completed"
-
-
-def _leave_together() -> None:
-    """Several processes: once training is done they leave their group together. A process
-    that left alone closed its links while the first one still held them open, and that one
-    could die before it saved the adapter ("terminate called without an active exception")."""
-    if world() > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
 
 
 def _check(
