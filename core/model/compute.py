@@ -64,12 +64,19 @@ _thread.start()
 _share = cores.Share()
 
 
-def _with_fair_threads(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+def fit_threads() -> None:
+    """Compute on the cores other processes leave free now (looked at most every
+    cores.Share.MIN_WINDOW_S): before each job, and between the steps of a long one (the
+    engine's decoding loop), so that a process that starts computing mid-answer gets its core."""
     torch = sys.modules.get("torch")  # not imported yet: nothing to size
     if torch is not None:
         threads = _share.threads_now()
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
+
+
+def _with_fair_threads(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    fit_threads()
     return fn(*args, **kwargs)
 
 

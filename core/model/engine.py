@@ -129,6 +129,7 @@ class Engine:
                         self._idle(batch)  # the rows that joined count as in use from here
                     if batch.rows:
                         self.step_sizes[len(batch.rows)] += 1
+                        compute.fit_threads()
                         batch.step()
                     if compute.waiting():
                         batch.pause()
