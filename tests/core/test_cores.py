@@ -30,18 +30,26 @@ def looks(monkeypatch):  # type: ignore[no-untyped-def]
     return fed
 
 
-def test_a_quiet_machine_gives_every_core_despite_the_systems_noise(looks) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("wall_s", "others_s", "ours_s", "threads"),
+    [
+        # a quiet machine: the system's noise leaves us every core
+        (1.0, 0.2, 2.0, 2),
+        # measured: our two spinning threads took 1.17 cores and left a busy process 0.46;
+        # rounding kept both threads, and decoding ran at half the speed of one thread
+        (2.81, 1.29, 3.28, 1),
+        # a process on a whole core
+        (1.0, 1.0, 1.0, 1),
+        # processes on every core: we still compute, on one
+        (1.0, 2.0, 0.5, 1),
+    ],
+)
+def test_the_threads_left_us_by_what_others_used(  # type: ignore[no-untyped-def]
+    looks, wall_s, others_s, ours_s, threads
+) -> None:
     share = cores.Share()
-    looks.advance(wall_s=1.0, others_s=0.2, ours_s=2.0)
-    assert share.threads_now() == 2
-
-
-def test_a_process_our_spinning_threads_starve_still_gets_its_core(looks) -> None:  # type: ignore[no-untyped-def]
-    # Measured: our two threads took 1.17 cores and left a busy process 0.46; rounding kept
-    # both threads, and decoding ran at half the speed of one thread.
-    share = cores.Share()
-    looks.advance(wall_s=2.81, others_s=1.29, ours_s=3.28)
-    assert share.threads_now() == 1
+    looks.advance(wall_s=wall_s, others_s=others_s, ours_s=ours_s)
+    assert share.threads_now() == threads
 
 
 def test_the_cores_come_back_when_the_other_process_stops(looks) -> None:  # type: ignore[no-untyped-def]
