@@ -42,7 +42,9 @@ def answer(model: ChatModel, history: list[dict[str, Any]], question: str) -> No
                 first = next(pieces, "")
             written = st.empty()
             with written:
-                st.write_stream(widgets.answer_pieces(itertools.chain([first], pieces)))
+                st.write_stream(
+                    widgets.in_updates(widgets.answer_pieces(itertools.chain([first], pieces)))
+                )
             answer = stream.answer
             assert answer is not None
             if answer.looped:  # cut back to its first time round, and said so

@@ -452,8 +452,17 @@ def _forward(model: Any, peft_model: Any, adapters: list[str] | None, **inputs: 
     return out.logits
 
 
+# Nucleus (top-p) sampling sorts only this many best tokens when their share of the probability
+# reaches top_p, which is exactly transformers' TopPLogitsWarper there (every token further down
+# is cut by it anyway); else it sorts them all as transformers does. Measured here on the default
+# model's 49,152 scores: 4.5 ms a token through the warpers (its sort), against about 0.4.
+NUCLEUS_CANDIDATES = 256
+
+
 def _sampler(sampling: Sampling, device: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Next-token choice for a [rows, vocabulary] logits tensor, with transformers' warpers."""
+    """Next-token choice for a [rows, vocabulary] logits tensor: transformers' temperature and
+    top-p warpers' choice (the warpers themselves where the nucleus is not among the best
+    NUCLEUS_CANDIDATES)."""
     if sampling.temperature <= 0:
         return lambda logits: logits.max(dim=-1).indices
     from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
@@ -465,10 +474,26 @@ def _sampler(sampling: Sampling, device: Any) -> Callable[[torch.Tensor], torch.
     if sampling.seed is not None:
         generator = torch.Generator(device=device).manual_seed(sampling.seed)
 
-    def pick(logits: torch.Tensor) -> torch.Tensor:
+    def warped(logits: torch.Tensor) -> torch.Tensor:
         scores = warpers(None, logits.float())  # type: ignore[arg-type]
         probs = torch.softmax(scores, dim=-1)
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        scores = logits.float() / sampling.temperature
+        if sampling.top_p >= 1.0 or scores.shape[-1] <= NUCLEUS_CANDIDATES:
+            return warped(logits)
+        best = scores.topk(NUCLEUS_CANDIDATES, dim=-1)  # sorted, most likely first
+        probs = (best.values - torch.logsumexp(scores, dim=-1, keepdim=True)).exp()
+        before = probs.cumsum(dim=-1) - probs  # the share of the tokens ranked above each
+        if bool((before[:, -1] + probs[:, -1] < sampling.top_p).any()):
+            return warped(logits)  # a flat distribution: its nucleus is wider than the best
+        # The warper keeps a token while the tokens above it hold less than top_p (and always
+        # the best); the kept ones are drawn in proportion to their probability.
+        kept = torch.where(before < sampling.top_p, probs, torch.zeros_like(probs))
+        kept[:, 0] = probs[:, 0]
+        chosen = torch.multinomial(kept, 1, generator=generator)
+        return best.indices.gather(-1, chosen).squeeze(-1)
 
     return pick
 

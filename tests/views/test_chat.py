@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 from core.model import loops
 from tests.support.fakes import FakeChatModel
 from views.support import resources, widgets
@@ -117,3 +119,20 @@ def test_an_image_split_across_pieces_is_disarmed_too() -> None:
     pieces = ["Look!", "[x](https://evil.example/a) and !", "[y](b) ![z](c)"]
     assert "![" not in "".join(widgets.answer_pieces(pieces))
     assert "".join(widgets.answer_pieces(pieces)).replace("\u200b", "") == "".join(pieces)
+
+
+def test_a_growing_answer_is_drawn_at_most_ten_times_a_second(monkeypatch) -> None:
+    # Drawn at every token, the browser took half of a 2-core machine's second core.
+    clock = [0.0]
+    monkeypatch.setattr(widgets, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+
+    def arriving(times: list[float]):  # type: ignore[no-untyped-def]
+        for n, at in enumerate(times):
+            clock[0] = at
+            yield f"<{n}>"
+
+    times = [0.0, 0.03, 0.06, 0.12, 0.15, 0.18, 0.5]
+    updates = list(widgets.in_updates(arriving(times)))
+    # The first piece at once; then one update per tenth of a second; the rest at the end.
+    assert updates == ["<0>", "<1><2><3>", "<4><5><6>"]
+    assert "".join(updates) == "".join(f"<{n}>" for n in range(len(times)))

@@ -179,3 +179,40 @@ def test_favoured_tokens_get_their_bonus_in_their_own_row_only(tiny_model_dir) -
     unlikely = next(t for t in range(50, 250) if t not in plain)
     assert answers(((unlikely,), 1000.0), ((), 0.0)) == [[unlikely] * 12, plain]
     assert answers(((unlikely,), 0.0)) == [plain]  # no bonus, no change
+
+
+@pytest.mark.parametrize(
+    ("spread", "shortcut"),
+    [(6.0, True), (0.05, False)],  # a peaked distribution; one flat beyond the best candidates
+)
+def test_nucleus_sampling_draws_from_transformers_distribution(
+    monkeypatch, spread: float, shortcut: bool
+) -> None:  # type: ignore[no-untyped-def]
+    import torch
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+    monkeypatch.setattr(decode, "NUCLEUS_CANDIDATES", 64)
+    logits = torch.randn(2, 1000, generator=torch.Generator().manual_seed(3)) * spread
+    sampling = decode.Sampling(temperature=0.7, top_p=0.9, seed=1)
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(0.7), TopPLogitsWarper(0.9)])
+    expected = torch.softmax(warpers(None, logits.clone()), dim=-1)
+
+    drawn: list[torch.Tensor] = []  # what each draw was weighted by, over the whole vocabulary
+    multinomial = torch.multinomial
+
+    def recording(weights, count, generator=None):  # type: ignore[no-untyped-def]
+        drawn.append(weights.clone())
+        return multinomial(weights, count, generator=generator)
+
+    monkeypatch.setattr(torch, "multinomial", recording)
+    tokens = decode._sampler(sampling, "cpu")(logits)
+    assert len(drawn) == 1 and tokens.shape == (2,)
+    weights = drawn[0]
+    assert (weights.shape[-1] == 64) == shortcut  # the best candidates only, where they suffice
+    if shortcut:  # back onto the vocabulary
+        best = logits.topk(64, dim=-1).indices
+        weights = torch.zeros_like(logits).scatter(-1, best, weights)
+    got = weights / weights.sum(dim=-1, keepdim=True)
+    assert torch.equal(got > 0, expected > 0)  # the same tokens can be drawn
+    assert torch.allclose(got, expected, atol=1e-5)  # and as likely
+    assert all(bool(got[row, token] > 0) for row, token in enumerate(tokens.tolist()))
