@@ -49,6 +49,21 @@ def test_a_loop_is_cut_back_to_its_first_time_round_at_a_word() -> None:
     assert loops.repeated_tail(cut) is None
 
 
+def test_a_sentence_said_again_after_spaces_and_blank_lines_is_a_loop() -> None:
+    # Seen in Chat on the default model: two sentences a period, longer than MAX_PERIOD, until
+    # white space counted as one space.
+    said = (
+        "The modern era is also remembered in the city's architecture, with the construction "
+        "of the Eiffel Tower being one of the most iconic examples."
+    )
+    text = "Paris has a long history.\n\n" + f"{said} {said}\n\n" * 3 + "The modern"
+    assert 2 * (len(said) + 1) > loops.MAX_PERIOD
+    assert loops.repeated_tail(text) is not None
+    cut = loops.without_repeats(text)
+    assert cut.startswith("Paris has a long history.\n\nThe modern era")  # blank line kept
+    assert cut.count("Eiffel") == 1 and cut.endswith(" …")
+
+
 def stream(pieces: list[str]) -> tuple[ChatStream, threading.Event, list[str]]:
     cancelled, read = threading.Event(), []
 
