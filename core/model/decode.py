@@ -480,14 +480,15 @@ def _sampler(sampling: Sampling, device: Any) -> Callable[[torch.Tensor], torch.
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
     def pick(logits: torch.Tensor) -> torch.Tensor:
-        scores = logits.float() / sampling.temperature
-        if sampling.top_p >= 1.0 or scores.shape[-1] <= NUCLEUS_CANDIDATES:
+        if sampling.top_p >= 1.0 or logits.shape[-1] <= NUCLEUS_CANDIDATES:
             return warped(logits)
+        scores = logits.float() / sampling.temperature
         best = scores.topk(NUCLEUS_CANDIDATES, dim=-1)  # sorted, most likely first
         probs = (best.values - torch.logsumexp(scores, dim=-1, keepdim=True)).exp()
-        before = probs.cumsum(dim=-1) - probs  # the share of the tokens ranked above each
-        if bool((before[:, -1] + probs[:, -1] < sampling.top_p).any()):
+        held = probs.cumsum(dim=-1)  # the share of each token and those ranked above it
+        if bool((held[:, -1] < sampling.top_p).any()):
             return warped(logits)  # a flat distribution: its nucleus is wider than the best
+        before = held - probs
         # The warper keeps a token while the tokens above it hold less than top_p (so always the
         # best); the kept ones are drawn in proportion to their probability.
         kept = torch.where(before < sampling.top_p, probs, torch.zeros_like(probs))

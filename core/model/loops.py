@@ -24,6 +24,7 @@ NOTICE = "The answer began repeating itself, so it was stopped there."
 
 
 _SPACES = re.compile(r"\s+")
+_RUNS = re.compile(r"\s+|\S+")  # white space and the words between, in turn
 
 
 def repeated_tail(text: str) -> tuple[int, int] | None:
@@ -66,7 +67,7 @@ def _squeezed(text: str) -> tuple[str, list[int]]:
     """`text` with each run of white space as one space, and where each of its characters
     stands in `text`."""
     parts, origins = [], []
-    for run in re.finditer(r"\s+|\S+", text):
+    for run in _RUNS.finditer(text):
         if run.group()[0].isspace():
             parts.append(" ")
             origins.append(run.start())
